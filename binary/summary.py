@@ -99,7 +99,7 @@ class ModelSummary:
         header = ("Layer", "Class", "Calls", "1-bit params", "32-bit params", "Float MACs", "Binary MACs")
         lines = [
             (
-                row.name or "(model)",
+                (row.name or "(model)") + "".join(f" ={alias}" for alias in row.names[1:]),
                 row.cls,
                 str(row.calls),
                 f"{row.binary_params:,}",

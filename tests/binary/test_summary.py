@@ -155,7 +155,7 @@ def test_to_dict_json_and_printed_table(capsys):
     s = binary.summary(Toy(), INPUT, classifier="classifier")
     printed = capsys.readouterr().out
     assert printed.strip() == str(s).strip()
-    for text in ("shared", "SignConvTranspose2d", "Params (strict)", "OPs", "KiB", "compression ratio"):
+    for text in ("shared =alias", "SignConvTranspose2d", "Params (strict)", "OPs", "KiB", "compression ratio"):
         assert text in printed
     d = json.loads(json.dumps(s.to_dict()))
     assert d["input_shape"] == list(INPUT)
