@@ -1,0 +1,176 @@
+"""DPT (Ranftl et al., "Vision Transformers for Dense Prediction", arXiv 2103.13413) on DINOv2 ViT-S/14, defined
+once; a binarization `Method` supplies every layer it changes (PAPER.md 1.4, 1.5, 1.7).
+
+Data flow, for an input of size H x W:
+
+    x  <- resize(x, (H // 28 * 2) * 14, (W // 28 * 2) * 14)          (bilinear, antialiased; grid g = even)
+    f_i = LN(block_{8+i}(...)) reshaped to (B, 384, g_h, g_w), i = 1..4   (the LAST four blocks, PAPER 6.15)
+    l_i = resize_i( project_i(f_i) ),  project_i: 1x1 384 -> [48, 96, 192, 384][i]
+          resize_1 = up x4, resize_2 = up x2, resize_3 = identity, resize_4 = down /2 (3x3, stride 2)
+    r_i = layer_rn_i(l_i)                                      3x3 conv to 256 features, no norm in standard DPT
+    p_4 = fuse_4(r_4),  p_i = fuse_i(p_{i+1}, r_i)             fuse(p, r) = up2( RCU_b( p + RCU_a(r) ) )
+    y   = head( up_to(H, W)( output_conv1(p_1) ) )            output_conv1: 3x3 256 -> 128
+
+``up2`` and ``up_to`` are bilinear with ``align_corners=True``.  The residual conv unit (RCU) is
+
+* ``method.bypass`` (BiDense, CFB):  ``conv_b(act(conv_a(act(x))))`` with act = ``method.act(256, "rcu")`` and
+  conv units that carry the full-precision bypass, so no explicit ``+ x`` (PAPER.md 1.5);
+* other binary methods: ``y = x + conv_a(act(x))``, ``y + conv_b(act(y))`` (a shortcut around each binary conv
+  unit, as the released ViT baselines' ReAct decoder; PAPER.md 4);
+* `fp32_0`: ``x + conv_b(act(conv_a(act(x))))`` with BN conv units (the original DPT RCU);
+* `fp32` (standard DPT): ``x + conv(ReLU(conv(ReLU(x))))`` with biased convs, BN after each only for
+  segmentation, as the released code.
+
+With a binary method the projections, resamplings, ``layer_rn``, RCUs and ``output_conv1`` are the method's conv
+units (``up``/``down`` carry the resampling bypass for BiDense, PAPER.md 1.4); `fp32_0` uses the float units
+(conv + BN, so BN after ``output_conv1``); `fp32` uses the plain convolutions of the standard DPT and loads the
+DINOv2 backbone from ``pretrained``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binary import Method
+from models.backbones.vit import dinov2_vits14
+
+
+def _plain_conv(in_channels: int, out_channels: int, bias: bool, norm: bool) -> nn.Module:
+    """The standard DPT's 3x3 convolution, optionally followed by BatchNorm."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if norm else conv
+
+
+class ResidualConvUnit(nn.Module):
+    """DPT residual conv unit on ``features`` channels at constant resolution (forms in the module docstring).
+
+    Args:
+        method: the binarization method.
+        features: channel count.
+        norm: standard DPT only: BatchNorm after each conv (segmentation).
+    """
+
+    def __init__(self, method: Method, features: int, norm: bool = False) -> None:
+        super().__init__()
+        if method.standard:
+            self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+            self.conv1 = _plain_conv(features, features, bias=True, norm=norm)
+            self.conv2 = _plain_conv(features, features, bias=True, norm=norm)
+        else:
+            self.act1, self.act2 = method.act(features, "rcu"), method.act(features, "rcu")
+            self.conv1 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
+            self.conv2 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
+        if method.bypass:
+            self.shortcut = "none"
+        elif method.binary:
+            self.shortcut = "each"
+        else:
+            self.shortcut = "pair"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut == "each":
+            x = x + self.conv1(self.act1(x))
+            return x + self.conv2(self.act2(x))
+        out = self.conv2(self.act2(self.conv1(self.act1(x))))
+        return out if self.shortcut == "none" else x + out
+
+
+class FusionBlock(nn.Module):
+    """DPT feature fusion: ``up2(refine(x + skip(r)))``, or ``up2(refine(x))`` for the deepest block.
+
+    The deepest block has no ``skip`` unit (the released code builds one and never calls it).
+    """
+
+    def __init__(self, method: Method, features: int, has_skip: bool, norm: bool = False) -> None:
+        super().__init__()
+        self.skip = ResidualConvUnit(method, features, norm) if has_skip else None
+        self.refine = ResidualConvUnit(method, features, norm)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if (residual is None) != (self.skip is None):
+            raise ValueError("a fusion block with a skip unit needs a residual input, and one without takes none")
+        if self.skip is not None:
+            x = x + self.skip(residual)
+        x = self.refine(x)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class DPT(nn.Module):
+    """DPT decoder on a DINOv2 ViT-S/14 backbone, ending in ``head``.
+
+    Args:
+        method: the binarization method (``binary.get_method(name)``).
+        head: maps (B, features // 2, H, W) to the prediction at input resolution.
+        classifier_name: qualified name, inside ``head``, of its final full-precision 1x1 conv.
+        features: fusion width (256).
+        out_channels: projection widths of the four taken blocks ([48, 96, 192, 384]).
+        rcu_norm: standard DPT only: BatchNorm in the residual conv units (True for segmentation).
+        pretrained: local path of the official ``dinov2_vits14_pretrain.pth`` for the backbone, or None.
+
+    Attributes:
+        classifier_name: ``"head." + classifier_name``, the final 1x1 prediction conv of the whole model.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        head: nn.Module,
+        classifier_name: str,
+        features: int = 256,
+        out_channels: Sequence[int] = (48, 96, 192, 384),
+        rcu_norm: bool = False,
+        pretrained: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if len(out_channels) != 4:
+            raise ValueError(f"DPT takes four backbone blocks, got out_channels={list(out_channels)}")
+        self.backbone = dinov2_vits14(method, pretrained=pretrained)
+        dim = self.backbone.embed_dim
+        c1, c2, c3, c4 = out_channels
+        # The released float DPT gives these convs a bias; its binary conv units have none.
+        bias = not method.binary
+        if method.standard:
+            self.projects = nn.ModuleList([nn.Conv2d(dim, c, 1) for c in out_channels])
+            resize = [nn.ConvTranspose2d(c1, c1, 4, stride=4), nn.ConvTranspose2d(c2, c2, 2, stride=2),
+                      nn.Identity(), nn.Conv2d(c4, c4, 3, stride=2, padding=1)]
+            self.layer_rn = nn.ModuleList([nn.Conv2d(c, features, 3, padding=1, bias=False) for c in out_channels])
+            self.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+        else:
+            self.projects = nn.ModuleList([method.conv(dim, c, 1, bias=bias, role="project") for c in out_channels])
+            resize = [method.up(c1, c1, 4), method.up(c2, c2, 2), nn.Identity(), method.down(c4, c4, 3, 2, 1)]
+            self.layer_rn = nn.ModuleList([method.conv(c, features, 3, padding=1, role="rn") for c in out_channels])
+            self.output_conv1 = method.conv(features, features // 2, 3, padding=1, bias=bias, role="out")
+        self.resize_layers = nn.ModuleList(resize)
+        self.fusions = nn.ModuleList(
+            [FusionBlock(method, features, has_skip=i < 3, norm=rcu_norm) for i in range(4)]
+        )
+        self.head = head
+        self.classifier_name = f"head.{classifier_name}"
+
+    @staticmethod
+    def backbone_size(height: int, width: int) -> tuple[int, int]:
+        """The size the input is resized to: ``(height // 28 * 2) * 14`` by ``(width // 28 * 2) * 14``."""
+        if height < 28 or width < 28:
+            raise ValueError(f"DPT input must be at least 28x28, got {height}x{width}")
+        return height // 28 * 28, width // 28 * 28
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        size = self.backbone_size(h, w)
+        if (h, w) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        grids = self.backbone.get_intermediate_layers(x, 4, reshape=True)
+        layers = [
+            rn(resize(project(grid)))
+            for grid, project, resize, rn in zip(grids, self.projects, self.resize_layers, self.layer_rn, strict=True)
+        ]
+        path = self.fusions[3](layers[3])
+        for i in (2, 1, 0):
+            path = self.fusions[i](path, layers[i])
+        out = F.interpolate(self.output_conv1(path), size=(h, w), mode="bilinear", align_corners=True)
+        return self.head(out)
