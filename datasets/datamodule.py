@@ -1,0 +1,94 @@
+"""The LightningDataModule shared by both tasks: loaders from ``TRAINING.*``, unpadded evaluation under DDP.
+
+Train loader: shuffled, ``drop_last``, batch ``TRAINING.BATCH_SIZE_ON_1_GPU`` per process, ``TRAINING.NUM_THREADS``
+workers (persistent when > 0); under DDP Lightning inserts its shuffling `DistributedSampler`. Evaluation loader
+(validation and test are the same set, PAPER 3.5): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1
+(depth), and under several processes a `UnpaddedDistributedSampler`, so each image is evaluated exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.io import DataError
+from datasets.samplers import UnpaddedDistributedSampler
+
+
+class DenseDataModule(L.LightningDataModule):
+    """Builds its data sets lazily in `setup` from the given factories.
+
+    Args:
+        make_train: returns the training set (called for stage "fit").
+        make_val: returns the evaluation set (every stage).
+        batch_size: per-process training batch.
+        val_batch_size: per-process evaluation batch.
+        num_workers: loader workers.
+        prepare: optional, run once per node before `setup` (writes the demo set).
+    """
+
+    def __init__(
+        self,
+        make_train: Callable[[], Dataset],
+        make_val: Callable[[], Dataset],
+        batch_size: int,
+        val_batch_size: int,
+        num_workers: int,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.make_train = make_train
+        self.make_val = make_val
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.prepare = prepare
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self.make_train()
+            if len(self.train_set) < self.batch_size:
+                raise DataError(
+                    f"training set has {len(self.train_set)} samples, fewer than one batch "
+                    f"(TRAINING.BATCH_SIZE_ON_1_GPU {self.batch_size}); no step would run"
+                )
+        if self.val_set is None:
+            self.val_set = self.make_val()
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = None
+        trainer = self.trainer
+        if not train and trainer is not None and trainer.world_size > 1:
+            sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, self.val_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
