@@ -1,0 +1,153 @@
+"""Load a YAML config over the yacs defaults, then apply ``KEY VALUE`` overrides, with one-line errors.
+
+yacs' own ``merge_from_file`` raises a bare ``KeyError`` for a typo and refuses an ``int`` where the default is a
+``float``; here every key is checked against the defaults first (naming the nearest valid key), values are decoded
+the way yacs decodes them (``ast.literal_eval`` on strings, so the authors' ``MAX_LR: 1e-4`` is a float), and the
+type is checked against the default with the lenient coercions a YAML writer expects (int -> float, number ->
+string).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode
+
+from configs.depth.default import get_cfg_defaults as _depth_defaults
+from configs.segmentation.default import get_cfg_defaults as _segmentation_defaults
+
+TASKS = ("segmentation", "depth")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or command-line error; its message is one line naming the culprit."""
+
+
+def get_defaults(task: str) -> CfgNode:
+    """The yacs defaults of ``task`` ("segmentation" or "depth")."""
+    if task == "segmentation":
+        return _segmentation_defaults()
+    if task == "depth":
+        return _depth_defaults()
+    raise ConfigError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+
+
+def load_config(task: str, path: str | Path | None, overrides: Sequence[str] = ()) -> CfgNode:
+    """Defaults of ``task``, merged with the YAML at ``path`` (if any), then with ``KEY VALUE`` ``overrides``.
+
+    Raises:
+        ConfigError: missing/unreadable/invalid YAML, unknown key (with the nearest valid key), wrong value type,
+            odd number of override tokens.
+    """
+    cfg = get_defaults(task)
+    if path is not None:
+        for key, value in _flatten(_read_yaml(Path(path))):
+            _set(cfg, key, value, source=f"config {path}")
+    if len(overrides) % 2:
+        raise ConfigError(
+            f"overrides must be KEY VALUE pairs; got {len(overrides)} tokens: {' '.join(overrides)}"
+        )
+    for key, value in zip(overrides[::2], overrides[1::2], strict=True):
+        _set(cfg, key, value, source="command-line override")
+    cfg.freeze()
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of KEY: value, not {type(data).__name__}")
+    return data
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{full}.")
+        else:
+            yield full, value
+
+
+def _valid_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        keys.extend(_valid_keys(value, f"{full}.") if isinstance(value, CfgNode) else [full])
+    return keys
+
+
+def _set(cfg: CfgNode, key: str, value: Any, source: str) -> None:
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.get(part)
+        if not isinstance(node, CfgNode):
+            _unknown_key(cfg, key, source)
+    if parts[-1] not in node or isinstance(node[parts[-1]], CfgNode):
+        _unknown_key(cfg, key, source)
+    node[parts[-1]] = _coerce(key, value, node[parts[-1]], source)
+
+
+def _unknown_key(cfg: CfgNode, key: str, source: str) -> None:
+    valid = _valid_keys(cfg)
+    near = difflib.get_close_matches(key.upper(), valid, n=1, cutoff=0.5)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise ConfigError(f"{source}: unknown key {key}{hint}")
+
+
+def _decode(value: Any) -> Any:
+    """yacs' decoding: a string that is a Python literal becomes that literal, anything else is kept."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` converted to the type of ``default``, or ConfigError."""
+    if isinstance(default, str):
+        decoded = _decode(value)
+        return decoded if isinstance(decoded, str) else _as_str(key, value, decoded, source)
+    decoded = _decode(value)
+    if isinstance(decoded, str) and decoded.lower() in ("true", "false"):
+        decoded = decoded.lower() == "true"
+    if default is None:
+        return decoded
+    if isinstance(default, bool):
+        if isinstance(decoded, bool):
+            return decoded
+    elif isinstance(default, int):
+        if isinstance(decoded, int) and not isinstance(decoded, bool):
+            return decoded
+    elif isinstance(default, float):
+        if isinstance(decoded, int | float) and not isinstance(decoded, bool):
+            return float(decoded)
+    elif isinstance(default, list | tuple) and isinstance(decoded, list | tuple):
+        return type(default)(decoded)
+    raise ConfigError(f"{source}: key {key} expects {type(default).__name__}, got {value!r}")
+
+
+def _as_str(key: str, raw: Any, decoded: Any, source: str) -> str:
+    if isinstance(decoded, int | float) and not isinstance(decoded, bool):
+        return str(raw)
+    raise ConfigError(f"{source}: key {key} expects str, got {raw!r}")

@@ -1,0 +1,120 @@
+"""Lightning plumbing shared by the four scripts: seeding, run folder, loggers, checkpoints, the Trainer.
+
+A run lives in ``OUTPUT_DIR/<config name>/version_<n>/`` with ``config.yaml`` (the merged config),
+TensorBoard events, ``metrics.csv`` and ``checkpoints/{last.ckpt, best-epochNNN.ckpt}``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from yacs.config import CfgNode
+
+from configs.cli import Devices
+
+RUN_DIR_ENV = "BIDENSE_RUN_DIR"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch (all devices) and data-loader workers; cuDNN deterministic, no benchmark."""
+    random.seed(seed)
+    np.random.seed(seed)
+    L.seed_everything(seed, workers=True, verbose=False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def run_dir(cfg: CfgNode, config_path: str | Path) -> Path:
+    """The run folder ``OUTPUT_DIR/<config stem>/version_<n>`` (next free n), shared by every process of the run.
+
+    The launching process picks it and exports it in ``BIDENSE_RUN_DIR``, which the DDP worker processes that
+    Lightning starts inherit. Under SLURM or torchrun (every process started from outside) the folder is named by
+    the job id so that all processes agree.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    base = Path(cfg.OUTPUT_DIR) / Path(config_path).stem
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if job != "none":
+        path = base / f"job_{job}"
+    else:
+        taken = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
+        path = base / f"version_{max(taken, default=-1) + 1}"
+    os.environ[RUN_DIR_ENV] = str(path)
+    return path
+
+
+def accumulation(cfg: CfgNode, devices: Devices) -> int:
+    """Gradient-accumulation steps reaching the effective batch: BATCH_SIZE // (per-process batch x processes)."""
+    per_step = cfg.TRAINING.BATCH_SIZE_ON_1_GPU * devices.count * cfg.TRAINING.NUM_NODES
+    return max(1, cfg.TRAINING.BATCH_SIZE // per_step)
+
+
+def _limit(value: float) -> float | int:
+    """Lightning's convention: a float <= 1 is a fraction of the batches, a larger value a number of batches."""
+    return value if value <= 1.0 else int(value)
+
+
+def build_trainer(
+    cfg: CfgNode,
+    devices: Devices,
+    folder: Path | None,
+    monitor: str | None,
+    eval_freq: int = 1,
+) -> L.Trainer:
+    """The Trainer for ``cfg`` on ``devices``.
+
+    Args:
+        folder: the run folder for training (loggers, checkpoints); ``None`` for evaluation (no logs, no files).
+        monitor: the validation metric to maximise for the best checkpoint (``valid/mIoU``, ``valid/d1``), or
+            ``None`` to keep only ``last.ckpt``.
+        eval_freq: validate every ``eval_freq`` epochs.
+    """
+    processes = devices.count * cfg.TRAINING.NUM_NODES
+    common: dict[str, Any] = dict(
+        accelerator=devices.accelerator,
+        devices=devices.devices,
+        num_nodes=cfg.TRAINING.NUM_NODES,
+        strategy="ddp_find_unused_parameters_true" if processes > 1 else "auto",
+        precision=cfg.TRAINING.PRECISION,
+        limit_val_batches=_limit(cfg.TRAINING.LIMIT_VAL_BATCHES),
+        limit_test_batches=_limit(cfg.TRAINING.LIMIT_VAL_BATCHES),
+    )
+    if folder is None:
+        return L.Trainer(logger=False, enable_checkpointing=False, **common)
+    checkpoints = ModelCheckpoint(
+        dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        monitor=monitor, mode="max", save_top_k=1 if monitor else 0, save_last=True,
+    )
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch")]
+    loggers = [
+        TensorBoardLogger(save_dir=folder.parent, name="", version=folder.name, default_hp_metric=False),
+        CSVLogger(save_dir=folder.parent, name="", version=folder.name),
+    ]
+    return L.Trainer(
+        max_epochs=cfg.TRAINING.NUM_EPOCHS,
+        accumulate_grad_batches=accumulation(cfg, devices),
+        check_val_every_n_epoch=eval_freq,
+        limit_train_batches=_limit(cfg.TRAINING.LIMIT_TRAIN_BATCHES),
+        log_every_n_steps=cfg.TRAINING.LOG_EVERY_N_STEPS,
+        callbacks=callbacks,
+        logger=loggers,
+        **common,
+    )
+
+
+def save_config(cfg: CfgNode, folder: Path) -> Path:
+    """Write the merged config to ``folder/config.yaml`` (reloadable as a YAML config)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(cfg.dump())
+    return path
+

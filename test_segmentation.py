@@ -1,0 +1,23 @@
+"""Evaluate a segmentation checkpoint: pixAcc, mIoU (and the metric's other scalars) over the evaluation set.
+
+    python test_segmentation.py CONFIG CKPT [--gpus 0] [KEY VALUE ...]
+
+Prints the metric table and writes it as JSON beside the checkpoint (``<ckpt stem>.test.json``). A checkpoint
+trained for another model, method or class count than CONFIG is refused, naming both.
+"""
+
+from __future__ import annotations
+
+from configs.cli import build_parser, run_cli
+from configs.run import evaluate
+from train_segmentation import SegmentationModule
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = build_parser(__doc__.splitlines()[0], test=True)
+    run_cli(lambda args: evaluate(args, "segmentation", SegmentationModule), parser)
+
+
+if __name__ == "__main__":
+    main()

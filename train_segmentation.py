@@ -1,0 +1,196 @@
+"""Train a semantic-segmentation model (UPerNet or DPT, any binarization method) on ADE20K, PASCAL VOC or the demo.
+
+    python train_segmentation.py CONFIG [--gpus 0,1] [--resume CKPT] [--weights CKPT] [KEY VALUE ...]
+
+Loss: cross-entropy with the last class index (``MODEL.NUM_CLASSES - 1``) ignored, which equals the released
+code's class weight 0 on that slot (PAPER.md 3.3). Optimiser: AdamW (weight decay ``TRAINING.WEIGHT_DECAY``) with
+OneCycleLR over ``NUM_EPOCHS`` stepped once per epoch (PAPER.md 3.4). Validation: pixAcc and mIoU accumulated over
+the whole set and across processes, computed once per epoch (PAPER.md 3.5, 8.8); the best ``valid/mIoU``
+checkpoint and ``last.ckpt`` are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from yacs.config import CfgNode
+
+from configs.cli import build_parser, run_cli
+from configs.run import fit
+from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+from metrics import SegmentationMetric
+from models import build_model
+
+# ADE20K's 150 class colours (the data set's standard palette), RGB hex, class 0 first.
+_ADE20K_PALETTE_HEX = (
+    "787878b4787806e6e650323204c8037878508c8c8ccc05ffe6e6e604fa07e005ffebff0796053d78784608ff33ff0652"
+    "8fff8cccff04ff3307cc46030066c83de6faff06330b66ffff0747ff09e00907e6dcdcdcff095c7009ff08ffd607ffe0"
+    "ffb8060aff47ff290a07ffffe0ff086608ffff3d06ffc207ff7a0800ff14ff0829ff05990633ffeb0cffa0961400a3ff"
+    "8c8c8cfa0a0f14ff001fff00ff1f00ffe00099ff000000ffff470000ebff00adff1f00ff0bc8c8ff520000fff5003dff"
+    "00ff7000ff85ff0000ffa300ff6600c2ff00008fff33ff000052ff00ff2900ffad0a00ffadff0000ff99ff5c00ff00ff"
+    "ff00f5ff0066ffad00ff0014ffb8b8001fff00ff3d0047ffff00cc00ffc200ff52000aff0070ff3300ff00c2ff007aff"
+    "00ffa3ff990000ff0aff70008fff005200ffa3ff00ffeb0008b8aa8500ff00ff5cb800ffff001f00b8ff00d6ffff0070"
+    "5cff0000e0ff70e0ff46b8a0a300ff9900ff47ff00ff00a3ffcc00ff008f00ffeb85ff00ff00ebf500ffff007afff500"
+    "0abed4d6ff0000ccff1400ffffff000099ff0029ff00ffcc2900ff29ff00ad00ff00f5ff4700ff7a00ff00ffb8005cff"
+    "b8ff000085ffffd60019c2c266ff005c00ff"
+)
+
+
+def voc_palette(n: int) -> np.ndarray:
+    """The PASCAL VOC colour map for ``n`` labels: the bits of the label spread over the high bits of R, G, B.
+
+    Label ``c`` with bits ``b0 b1 b2 ...``: bit ``3j`` -> R bit ``7 - j``, ``3j+1`` -> G, ``3j+2`` -> B.
+    """
+    colours = np.zeros((n, 3), np.uint8)
+    for label in range(n):
+        c, shift = label, 7
+        while c:
+            for channel in range(3):
+                colours[label, channel] |= ((c >> channel) & 1) << shift
+            c >>= 3
+            shift -= 1
+    return colours
+
+
+def palette(dataset: str, num_classes: int) -> np.ndarray:
+    """``[num_classes, 3]`` uint8 colours for the training ids; the last row (the ignore slot) is the ignore colour.
+
+    ADE20K: its own palette, ignore black (as its "other" label). Others (VOC, demo): the VOC colour map, ignore in
+    VOC's border colour (224, 224, 192).
+    """
+    if dataset == "ade20k":
+        ade = np.frombuffer(bytes.fromhex(_ADE20K_PALETTE_HEX), np.uint8).reshape(-1, 3)
+        colours = np.concatenate([ade[: num_classes - 1], np.zeros((1, 3), np.uint8)])
+    else:
+        colours = np.concatenate([voc_palette(num_classes - 1), np.array([[224, 224, 192]], np.uint8)])
+    if len(colours) != num_classes:
+        raise ValueError(f"no palette of {num_classes} colours for {dataset}")
+    return colours
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised ``[3, H, W]`` -> RGB in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    return (image.float() * std + mean).clamp(0, 1)
+
+
+class SegmentationModule(L.LightningModule):
+    """A segmentation model with its loss, optimiser, schedule and whole-set metrics.
+
+    Args:
+        model_type, binary_type, num_classes, pretrained: passed to `models.build_model`.
+        dataset: the data set name (palette of the logged images).
+        max_lr, epochs, weight_decay: AdamW + OneCycleLR (PAPER.md 3.4).
+    """
+
+    def __init__(self, model_type: str, binary_type: str, num_classes: int, dataset: str, max_lr: float,
+                 epochs: int, weight_decay: float = 0.01, pretrained: str = "") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model("segmentation", model_type, binary_type, num_classes=num_classes,
+                                 pretrained=pretrained or None)
+        self.ignore_index = num_classes - 1
+        self.criterion = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+        self.val_metric = SegmentationMetric(num_classes, self.ignore_index)
+        self.test_metric = SegmentationMetric(num_classes, self.ignore_index)
+        self._palette = torch.from_numpy(palette(dataset, num_classes))
+        self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, pretrained: bool = True) -> SegmentationModule:
+        """The module of ``cfg``; ``pretrained=False`` skips loading MODEL.PRETRAINED (weights come from a ckpt)."""
+        return cls(cfg.MODEL.MODEL_TYPE, cfg.MODEL.BINARY_TYPE, cfg.MODEL.NUM_CLASSES, cfg.DATASET.DATASET,
+                   cfg.TRAINING.MAX_LR, cfg.TRAINING.NUM_EPOCHS, cfg.TRAINING.WEIGHT_DECAY,
+                   cfg.MODEL.PRETRAINED if pretrained else "")
+
+    @staticmethod
+    def identity(cfg: CfgNode) -> dict[str, Any]:
+        """The hyper-parameters a checkpoint must share with ``cfg`` to be loaded into its model."""
+        return {"model_type": cfg.MODEL.MODEL_TYPE, "binary_type": cfg.MODEL.BINARY_TYPE,
+                "num_classes": cfg.MODEL.NUM_CLASSES}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, mask = batch
+        loss = self.criterion(self.model(image), mask)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=image.size(0))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationMetric, stage: str) -> None:
+        image, mask = batch
+        logits = self.model(image)
+        self.log(f"{stage}/loss", self.criterion(logits, mask), on_epoch=True, sync_dist=True,
+                 batch_size=image.size(0))
+        pred = logits.argmax(dim=1)
+        metric.update(pred, mask)
+        if self._shown is None:
+            self._shown = (image[0].detach(), mask[0].detach(), pred[0].detach())
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metric, "valid")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metric, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metric.reset()
+        self._shown = None
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "valid")
+        if not self.trainer.sanity_checking:
+            self._log_images()
+        self._shown = None
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def _log_metric(self, metric: SegmentationMetric, stage: str) -> None:
+        """Log the scalar entries of the whole-set result (already summed over processes) under ``stage/``."""
+        for name, value in metric.compute().items():
+            if torch.as_tensor(value).numel() == 1:
+                self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
+                         prog_bar=name == "mIoU")
+        metric.reset()
+
+    def _log_images(self) -> None:
+        """Input, colour-coded ground truth and prediction of the first validation image, to TensorBoard."""
+        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None or self._shown is None or not self.trainer.is_global_zero:
+            return
+        image, mask, pred = (t.cpu() for t in self._shown)
+        colours = self._palette
+        step = self.global_step
+        board.experiment.add_image("valid_viz/image", denormalize(image), step)
+        board.experiment.add_image("valid_viz/mask_gt", colours[mask].permute(2, 0, 1), step)
+        board.experiment.add_image("valid_viz/mask_est", colours[pred].permute(2, 0, 1), step)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (PAPER.md 3.4, 8.9)."""
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
+                                                        steps_per_epoch=1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = build_parser(__doc__.splitlines()[0], test=False)
+    run_cli(lambda args: fit(args, "segmentation", SegmentationModule, "valid/mIoU", "TRAINING.EVAL_FREQ"), parser)
+
+
+if __name__ == "__main__":
+    main()
