@@ -1,0 +1,124 @@
+import pytest
+import torch
+from torch import nn
+
+import binary
+from binary.base import BinaryLayer
+from binary.methods.bivit import BiViTAttention, BiViTLinear
+from binary.methods.react import BinarizedConv2d, BinarizedConvTranspose2d
+
+# Inputs straddling the clip points of the STE: inside (-1, 1), outside, exactly 0 and exactly +-1.
+X = torch.tensor([[0.5, -0.3, 1.5, -2.0, 0.0, 1.0], [-1.0, 0.9, -0.2, 3.0, 0.7, -0.6]])
+
+
+def _weight():
+    w = torch.tensor([[0.2, -0.1, 0.05, 0.3, -0.4, 0.1],
+                      [-0.2, 0.6, 0.1, -0.05, 0.0, 0.3],
+                      [2.5, 0.1, -0.3, 0.2, 0.1, -0.2]])  # row 2: 2.5 - mean > 1 is clipped
+    return w
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_linear_forward_and_gradients_match_formulas(learnable):
+    layer = BiViTLinear(6, 3, bias=True, learnable_scale=learnable)
+    with torch.no_grad():
+        layer.weight.copy_(_weight())
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = X.clone().requires_grad_(True)
+    out = layer(x)
+    g = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1]])
+    out.backward(g)
+
+    w = _weight()
+    scale = w.abs().mean(1, keepdim=True)
+    wc = w - w.mean(1, keepdim=True)
+    wb = scale * torch.sign(wc)
+    xb = torch.sign(X)
+    assert torch.allclose(out, xb @ wb.T + torch.tensor([0.1, -0.2, 0.3]), atol=1e-6)
+    # input: clipped STE, gradient passes where |x| <= 1 (0 and +-1 included)
+    assert torch.allclose(x.grad, (g @ wb) * (X.abs() <= 1), atol=1e-6)
+    # weight: d/dWc = (g^T sign(x)) * s * 1[|Wc| <= 1], then through the row centring
+    h = (g.T @ xb) * scale * (wc.abs() <= 1)
+    assert torch.allclose(layer.weight.grad, h - h.mean(1, keepdim=True), atol=1e-6)
+    assert torch.allclose(layer.bias.grad, g.sum(0))
+    if learnable:
+        assert torch.allclose(layer.scale.detach(), scale)
+        assert torch.allclose(layer.scale.grad, ((g.T @ xb) * torch.sign(wc)).sum(1, keepdim=True), atol=1e-6)
+    else:
+        assert not hasattr(layer, "scale")
+
+
+def test_learnable_scale_follows_reinit_and_survives_state_dict():
+    layer = BiViTLinear(6, 4)
+    assert not torch.any(layer.scale)  # set at the first forward, after any re-initialisation
+    assert layer.weight.abs().max() <= 0.015
+    nn.init.normal_(layer.weight, std=0.5)
+    layer(torch.randn(2, 6))
+    assert torch.allclose(layer.scale.detach(), layer.weight.abs().mean(1, keepdim=True))
+    with torch.no_grad():
+        layer.scale.mul_(3.0)
+    fresh = BiViTLinear(6, 4)
+    fresh.load_state_dict(layer.state_dict())
+    fresh(torch.randn(2, 6))
+    assert torch.equal(fresh.scale, layer.scale)
+
+
+def test_attention_forward_and_gradients_match_formulas():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4) * 1.5 for _ in range(3))
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = BiViTAttention(head_dim=4, num_heads=2)(qr, kr, vr)
+    g = torch.randn_like(out)
+    out.backward(g)
+
+    scale = 4**-0.5
+    a = torch.softmax(torch.sign(q) @ torch.sign(k).transpose(-2, -1) * scale, dim=-1)
+    ab = (a >= 0.25 * a.max(dim=-1, keepdim=True).values).float()
+    assert set(ab.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(out, ab @ torch.sign(v), atol=1e-6)
+    # V: through the binary attention; Q, K: straight through the softmax Jacobian a * (dA - <dA, a>)
+    assert torch.allclose(vr.grad, (ab.transpose(-2, -1) @ g) * (v.abs() <= 1), atol=1e-5)
+    da = g @ torch.sign(v).transpose(-2, -1)
+    ds = a * (da - (da * a).sum(-1, keepdim=True)) * scale
+    assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() <= 1), atol=1e-5)
+    assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() <= 1), atol=1e-5)
+
+
+def test_bivit_method_layers():
+    method = binary.get_method("bivit")
+    assert method.binary and not method.bypass
+    for role, learnable in (("qkv", True), ("proj", True), ("fc1", False), ("fc2", False)):
+        layer = method.linear(8, 16, bias=False, role=role)
+        assert isinstance(layer, BiViTLinear) and isinstance(layer, BinaryLayer)
+        assert layer.learnable_scale is learnable and layer.bias is None
+        assert layer(torch.randn(2, 3, 8)).shape == (2, 3, 16)
+    assert isinstance(method.attention(4, 2), BiViTAttention)
+    assert isinstance(method.vit_act(8), nn.GELU)
+    # decoder: ReActNet convs with BN; output_conv1 and the head's 3x3 conv full precision
+    unit = method.conv(8, 6, 3, padding=1, role="rcu", bias=True)
+    assert isinstance(unit[0], BinarizedConv2d) and unit[0].bias is not None
+    assert isinstance(unit[1], nn.BatchNorm2d) and unit(torch.randn(2, 8, 5, 5)).shape == (2, 6, 5, 5)
+    assert type(method.conv(8, 6, 3, padding=1, role="out")[0]) is nn.Conv2d
+    assert type(method.conv(8, 6, 3, padding=1, role="head")[0]) is nn.Conv2d
+    up = method.up(4, 4, 4)
+    assert isinstance(up[0], BinarizedConvTranspose2d) and up(torch.randn(1, 4, 3, 3)).shape == (1, 4, 12, 12)
+    assert method.down(4, 4, 3, 2, 1)(torch.randn(1, 4, 7, 7)).shape == (1, 4, 4, 4)
+
+
+def test_bivit_block_trains_end_to_end():
+    torch.manual_seed(0)
+    method = binary.get_method("bivit")
+    dim, heads = 8, 2
+    norm1, norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+    qkv, proj = method.linear(dim, 3 * dim, role="qkv"), method.linear(dim, dim, role="proj")
+    fc1, act, fc2 = method.linear(dim, 4 * dim, role="fc1"), method.vit_act(4 * dim), method.linear(4 * dim, dim,
+                                                                                                    role="fc2")
+    attn = method.attention(dim // heads, heads)
+    modules = nn.ModuleList([norm1, norm2, qkv, proj, fc1, fc2, attn])
+    x = torch.randn(2, 7, dim)
+    q, k, v = qkv(norm1(x)).reshape(2, 7, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    x = x + proj(attn(q, k, v).transpose(1, 2).reshape(2, 7, dim))
+    x = x + fc2(act(fc1(norm2(x))))
+    x.square().mean().backward()
+    for name, p in modules.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
