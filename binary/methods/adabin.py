@@ -1,0 +1,101 @@
+"""AdaBin (Tu et al., ECCV 2022, arXiv 2208.08084) as the authors' baseline code builds it, following the official
+AdaBin code (PAPER.md section 4 and 6.13).
+
+Activations, with learnable scalars alpha_a (init 1) and beta_a (init 0) per layer::
+
+    x' = (x - beta_a) / alpha_a,   out = alpha_a * (ApproxSign(x') + beta_a)
+
+so the binary set is {alpha_a (beta_a - 1), alpha_a (beta_a + 1)}.  Weights, per output channel, with n the
+number of weights of one filter::
+
+    beta_w = mean(W),  alpha_w = sqrt(sum (W - beta_w)^2 / n),  W_b = alpha_w * sign((W - beta_w) / alpha_w) + beta_w
+
+differentiated through beta_w and alpha_w, with IR-Net's error-decay estimator for the sign:
+d sign(u)/du ~ k t (1 - tanh^2(t u)) with FIXED k = 10, t = 0.1, as the authors' code (the official AdaBin / IR-Net
+schedule of k and t over training is not reproduced; the authors' `.cuda()` in backward is not copied).
+Nonlinearity Maxout s+ ReLU(x) - s- ReLU(-x) per channel (s+ init 1, s- init 0.25); ReLU in the head.  Weights keep
+PyTorch's default initialisation, and the convs have no bias, as the authors' `AdaBinConv2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from binary.functional import approx_sign
+from binary.methods import register
+from binary.methods.react import BinaryConvMethod
+
+EDE_K = 10.0
+EDE_T = 0.1
+
+
+class _SignEDE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u)
+        return torch.sign(u)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (u,) = ctx.saved_tensors
+        return grad * (EDE_K * EDE_T) * (1 - torch.tanh(u * EDE_T).square())
+
+
+def sign_ede(u: torch.Tensor) -> torch.Tensor:
+    """sign(u); backward IR-Net's error-decay estimator k t (1 - tanh^2(t u)) with k = 10, t = 0.1."""
+    return _SignEDE.apply(u)
+
+
+def adabin_weight(w: torch.Tensor) -> torch.Tensor:
+    """AdaBin weights W_b = alpha_w sign((W - beta_w) / alpha_w) + beta_w, statistics per output channel (dim 0).
+
+    beta_w = mean(W) and alpha_w = the population standard deviation of the filter; both are differentiated through
+    (not detached), as the official code.
+    """
+    dims = tuple(range(1, w.dim()))
+    beta = w.mean(dim=dims, keepdim=True)
+    alpha = (w - beta).square().mean(dim=dims, keepdim=True).sqrt()
+    return alpha * sign_ede((w - beta) / alpha) + beta
+
+
+class AdaBinActivation(nn.Module):
+    """AdaBin input binarizer alpha_a (ApproxSign((x - beta_a) / alpha_a) + beta_a); scalars alpha_a = 1, beta_a = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+        self.beta = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * (approx_sign((x - self.beta) / self.alpha) + self.beta)
+
+
+class Maxout(nn.Module):
+    """AdaBin's nonlinearity s+_c ReLU(x) - s-_c ReLU(-x) on NCHW, per-channel s+ (init 1.0) and s- (init 0.25)."""
+
+    def __init__(self, channels: int, pos_init: float = 1.0, neg_init: float = 0.25) -> None:
+        super().__init__()
+        self.pos_scale = nn.Parameter(torch.full((channels,), pos_init))
+        self.neg_scale = nn.Parameter(torch.full((channels,), neg_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos, neg = self.pos_scale.view(1, -1, 1, 1), self.neg_scale.view(1, -1, 1, 1)
+        return pos * torch.relu(x) - neg * torch.relu(-x)
+
+
+@register("adabin")
+class AdaBin(BinaryConvMethod):
+    """AdaBin baseline: adaptive binary activations and weights, EDE weight backward, Maxout."""
+
+    weight_std = None
+    weight_binarizer = staticmethod(adabin_weight)
+
+    def input_binarizer(self, channels: int) -> nn.Module:
+        return AdaBinActivation()
+
+    def has_bias(self, bias: bool, role: str) -> bool:
+        return bias and role == "rcu"
+
+    def act(self, channels: int, role: str = "block") -> nn.Module:
+        return nn.ReLU() if role == "head" else Maxout(channels)

@@ -1,0 +1,36 @@
+"""BNN (Courbariaux, Hubara et al., "Binarized Neural Networks", arXiv 1602.02830) as the authors' baseline code
+builds it (PAPER.md section 4 and 6.9).
+
+Activations sign(x) and weights sign(W), both with the clipped straight-through estimator 1[|.| <= 1]; no weight
+scaling factor; weights initialised N(0, 1e-3^2); the convs keep the float architecture's bias, and the stage
+transitions have one (the authors' `HardBinaryConv2d` defaults to bias=True).  Nonlinearity GELU inside the
+ConvNeXt blocks, ReLU in the PSP, the FPN fusion, the DPT residual units and the head.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from binary.methods import register
+from binary.methods.react import BinaryConvMethod, SignSTE, sign_ste
+
+
+@register("bnn")
+class BNN(BinaryConvMethod):
+    """BNN baseline: sign inputs and sign weights (no scale), clipped STE, conv bias, GELU / ReLU."""
+
+    weight_binarizer = staticmethod(sign_ste)
+
+    def input_binarizer(self, channels: int) -> nn.Module:
+        return SignSTE()
+
+    def has_bias(self, bias: bool, role: str) -> bool:
+        return bias
+
+    def down(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int = 0,
+             role: str = "down") -> nn.Module:
+        """The strided conv unit; biased, as the authors' `HardBinaryConv2d` transitions."""
+        return self.conv(in_channels, out_channels, kernel_size, stride, padding, bias=True, role=role)
+
+    def act(self, channels: int, role: str = "block") -> nn.Module:
+        return nn.GELU() if role == "block" else nn.ReLU()
