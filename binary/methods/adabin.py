@@ -50,8 +50,9 @@ def sign_ede(u: torch.Tensor) -> torch.Tensor:
 def adabin_weight(w: torch.Tensor) -> torch.Tensor:
     """AdaBin weights W_b = alpha_w sign((W - beta_w) / alpha_w) + beta_w, statistics per output channel (dim 0).
 
-    beta_w = mean(W) and alpha_w = the population standard deviation of the filter; both are differentiated through
-    (not detached), as the official code.
+    beta_w = mean(W) and alpha_w = the population standard deviation of the filter (n = its C_in/groups * k * k
+    weights); both are differentiated through (not detached), as the official code.  The authors' code divides by
+    C_in * k * k also for the depthwise convs, which shrinks their alpha_w by sqrt(C_in); we use the filter's size.
     """
     dims = tuple(range(1, w.dim()))
     beta = w.mean(dim=dims, keepdim=True)

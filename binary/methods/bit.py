@@ -70,7 +70,8 @@ class ElasticBinarizer(nn.Module):
 
     ``alpha`` is a parameter and ``initialized`` a buffer, so a state dict saved after the first forward restores
     both and no re-initialisation happens.  Under torch.distributed the first-batch initial value is averaged over
-    the processes, so that every replica starts from the same alpha.
+    the processes (an all-reduce, so the first forward must run on every process, as DDP training does), so that
+    every replica starts from the same alpha; the authors' replicas each kept their own first-batch value.
     """
 
     def __init__(self, signed: bool) -> None:
