@@ -81,54 +81,60 @@ def _write_atomically(final_dir: str, write: Callable[[str], None]) -> None:
 # ---------------------------------------------------------------- segmentation
 
 
-def _render_shape(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mask and RGB texture ``[H, W, 3]`` of one object of class index ``cls`` (0 = disc ... 4 = ring)."""
+_YY, _XX = np.mgrid[0:SEGMENTATION_SIZE, 0:SEGMENTATION_SIZE].astype(np.float32)
+_IY, _IX = _YY.astype(np.int32), _XX.astype(np.int32)
+# Texture of each object class on the whole canvas (True = full colour, False = 65 %); the triangle's is its own.
+_PATTERNS = (
+    ((_IY % 6 - 3) ** 2 + (_IX % 6 - 3) ** 2) < 4,  # disc: dots
+    ((_IY // 4 + _IX // 4) % 2) == 0,  # square: checkerboard
+    None,  # triangle: a two-tone vertical gradient
+    ((_IY + _IX) // 4 % 2) == 0,  # stripes: diagonal
+    (_IY // 3 % 2) == 0,  # ring: horizontal lines
+)
+
+
+def _render_shape(rng: np.random.Generator, cls: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask and pattern (bool ``[H, W]``) of one object of class index ``cls`` (0 = disc ... 4 = ring)."""
     size = SEGMENTATION_SIZE
-    cy, cx = rng.uniform(0.15, 0.85, 2) * size
-    r = rng.uniform(12, 30)
-    if cls == 0:  # disc with dots
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-        pattern = ((yy % 6 - 3) ** 2 + (xx % 6 - 3) ** 2) < 4
-    elif cls == 1:  # square with a checkerboard
-        mask = (np.abs(yy - cy) <= r * 0.8) & (np.abs(xx - cx) <= r * 0.8)
-        pattern = ((yy // 4 + xx // 4) % 2) == 0
-    elif cls == 2:  # upward triangle with a vertical gradient
-        top, bottom = cy - r, cy + r
-        mask = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= (yy - top) * 0.6)
-        pattern = ((yy - top) / (2 * r)) > 0.5
-    elif cls == 3:  # band of diagonal stripes
-        mask = (np.abs(yy - cy) <= r * 0.5) & (np.abs(xx - cx) <= r * 1.3)
-        pattern = ((yy + xx) // 4 % 2) == 0
-    else:  # ring with horizontal lines
-        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    cy, cx = (float(v) for v in rng.uniform(0.15, 0.85, 2) * size)
+    r = float(rng.uniform(12, 30))
+    dy, dx = _YY - cy, _XX - cx
+    if cls == 0:
+        mask = dy**2 + dx**2 <= r**2
+    elif cls == 1:
+        mask = (np.abs(dy) <= r * 0.8) & (np.abs(dx) <= r * 0.8)
+    elif cls == 2:
+        mask = (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) * 0.6)
+        return mask, dy > 0
+    elif cls == 3:
+        mask = (np.abs(dy) <= r * 0.5) & (np.abs(dx) <= r * 1.3)
+    else:
+        d2 = dy**2 + dx**2
         mask = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
-        pattern = (yy // 3 % 2) == 0
-    colour = _OBJECT_COLOURS[cls] * rng.uniform(0.8, 1.1)
-    texture = colour[None, None] * np.where(pattern, 1.0, 0.65)[..., None]
-    return mask, texture
+    return mask, _PATTERNS[cls]
 
 
 def _render_segmentation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One 128 x 128 image (uint8 RGB) and its raw ADE-style label (uint8, 1 = background)."""
     size = SEGMENTATION_SIZE
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    grey = rng.uniform(70, 170)
-    tint = grey + rng.uniform(-15, 15, 3)
-    direction = rng.uniform(-1, 1, 2)
-    gradient = (direction[0] * yy + direction[1] * xx) / size * 30
-    image = tint[None, None] + gradient[..., None] + rng.normal(0, 10, (size, size, 1))
+    tint = (rng.uniform(70, 170) + rng.uniform(-15, 15, 3)).astype(np.float32)
+    direction = rng.uniform(-1, 1, 2) * 30 / size
+    gradient = float(direction[0]) * _YY + float(direction[1]) * _XX
+    noise = rng.standard_normal((size, size, 1), dtype=np.float32) * 10
+    image = tint + gradient[..., None] + noise
     label = np.ones((size, size), np.uint8)
     for _ in range(rng.integers(2, 5)):
         cls = int(rng.integers(0, len(SEGMENTATION_CLASSES) - 1))
-        mask, texture = _render_shape(rng, yy, xx, cls)
-        image[mask] = texture[mask]
+        mask, pattern = _render_shape(rng, cls)
+        colour = _OBJECT_COLOURS[cls] * np.float32(rng.uniform(0.8, 1.1))
+        image[mask] = colour * np.where(pattern[mask], 1.0, 0.65).astype(np.float32)[:, None]
         label[mask] = cls + 2
     if rng.uniform() < 1 / 3:  # a little "other" clutter, ignored like ADE20K's 0
         y0, x0 = rng.integers(0, size - 12, 2)
         h, w = rng.integers(6, 12, 2)
         image[y0 : y0 + h, x0 : x0 + w] = rng.uniform(90, 140, (h, w, 1))
         label[y0 : y0 + h, x0 : x0 + w] = 0
-    image = image + rng.normal(0, 6, image.shape)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * 6
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
@@ -156,37 +162,40 @@ def ensure_segmentation_demo(data_path: str, seed: int = DEMO_SEED) -> str:
 # ---------------------------------------------------------------- depth
 
 
+_DY, _DX = np.mgrid[0:DEPTH_HEIGHT, 0:DEPTH_WIDTH].astype(np.float32)
+
+
 def _render_depth(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One 128 x 160 scene: uint8 RGB and uint16 depth in millimetres (0 = hole)."""
     h, w, f = DEPTH_HEIGHT, DEPTH_WIDTH, DEPTH_FOCAL
     cy, cx = (h - 1) / 2, (w - 1) / 2
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    wall_z = rng.uniform(5.0, 9.0)
-    cam_height = rng.uniform(1.0, 1.6)
-    below = np.maximum(yy - cy, 1e-3)
-    floor_z = np.where(yy > cy, f * cam_height / below, np.inf)
+    wall_z = float(rng.uniform(5.0, 9.0))
+    cam_height = float(rng.uniform(1.0, 1.6))
+    floor_z = np.where(_DY > cy, f * cam_height / np.maximum(_DY - cy, 1e-3), np.inf)
     depth = np.minimum(floor_z, wall_z).astype(np.float32)
     on_floor = floor_z < wall_z
 
     # Floor: 0.5 m tiles in world coordinates; wall: a pastel colour with stripes every 0.4 m.
-    world_x = (xx - cx) * depth / f
-    tiles = ((np.floor(world_x / 0.5) + np.floor(depth / 0.5)) % 2)[..., None]
-    floor_rgb = rng.uniform(60, 200, 3) * (0.75 + 0.25 * tiles)
-    wall_rgb = rng.uniform(100, 230, 3) * (0.85 + 0.15 * ((np.floor(world_x / 0.4) % 2)[..., None]))
-    albedo = np.where(on_floor[..., None], floor_rgb, wall_rgb)
+    world_x = (_DX - cx) * depth / f
+    tiles = (np.floor(world_x / 0.5) + np.floor(depth / 0.5)) % 2
+    floor_rgb = rng.uniform(60, 200, 3).astype(np.float32)
+    wall_rgb = rng.uniform(100, 230, 3).astype(np.float32)
+    albedo = wall_rgb * (0.85 + 0.15 * (np.floor(world_x / 0.4) % 2))[..., None]
+    albedo[on_floor] = floor_rgb * (0.75 + 0.25 * tiles[on_floor])[:, None]
 
     for z in sorted(rng.uniform(1.2, min(wall_z - 0.3, 5.0), rng.integers(1, 4)), reverse=True):
+        z = float(z)
         bottom = cy + f * cam_height / z
-        top = bottom - f * rng.uniform(0.4, 1.5) / z
-        centre = rng.uniform(0, w)
-        half = f * rng.uniform(0.15, 0.5) / z
-        box = (yy >= top) & (yy <= bottom) & (np.abs(xx - centre) <= half)
+        top = bottom - f * float(rng.uniform(0.4, 1.5)) / z
+        centre = float(rng.uniform(0, w))
+        half = f * float(rng.uniform(0.15, 0.5)) / z
+        box = (_DY >= top) & (_DY <= bottom) & (np.abs(_DX - centre) <= half)
         depth[box] = z
-        colour = rng.uniform(30, 255, 3) * (0.8 + 0.2 * ((yy // 5 % 2)[..., None]))
-        albedo = np.where(box[..., None], colour, albedo)
+        colour = rng.uniform(30, 255, 3).astype(np.float32)
+        albedo[box] = colour * (0.8 + 0.2 * (_DY[box] // 5 % 2))[:, None]
 
     fog = (depth / 10.0)[..., None]
-    image = albedo * (1 - fog) + _FOG * fog + rng.normal(0, 4, (h, w, 3))
+    image = albedo * (1 - fog) + _FOG * fog + rng.standard_normal((h, w, 3), dtype=np.float32) * 4
     depth_mm = np.round(depth * 1000).astype(np.uint16)
     if rng.uniform() < 1 / 3:
         y0, x0 = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 10))
