@@ -202,6 +202,38 @@ def test_depth_averaged_per_image_and_empty_image_skipped():
     assert math.isnan(empty.compute()["abs_rel"].item())
 
 
+def _reference_depth(pred: torch.Tensor, gt: torch.Tensor, lo: float, hi: float) -> dict[str, float]:
+    """Each metric image by image on the gathered valid pixels, then the plain mean over the counted images."""
+    rows = []
+    for p, y in zip(pred.double(), gt.double(), strict=True):
+        keep = (y > lo) & (y < hi)
+        if not keep.any():
+            continue
+        p, y = p[keep].clamp(lo, hi), y[keep]
+        ratio = torch.max(y / p, p / y)
+        e = p.log() - y.log()
+        rows.append({
+            "d1": (ratio < 1.25).double().mean(), "d2": (ratio < 1.5625).double().mean(),
+            "d3": (ratio < 1.953125).double().mean(), "abs_rel": ((y - p).abs() / y).mean(),
+            "sq_rel": ((y - p) ** 2 / y).mean(), "rmse": ((y - p) ** 2).mean().sqrt(),
+            "rmse_log": (e**2).mean().sqrt(), "log10": (p.log10() - y.log10()).abs().mean(),
+            "silog": 100 * ((e**2).mean() - e.mean() ** 2).sqrt(),
+        })
+    return {k: sum(r[k].item() for r in rows) / len(rows) for k in DEPTH_METRIC_NAMES}
+
+
+def test_depth_random_batch_against_reference():
+    gen = torch.Generator().manual_seed(1)
+    gt = torch.rand(4, 1, 9, 13, generator=gen) * 14  # some beyond max_depth 10
+    gt[gt < 1.0] = 0.0
+    gt[2] = 0.0  # no ground truth at all: skipped
+    pred = torch.rand(4, 1, 9, 13, generator=gen) * 12
+    out = _depth(pred, gt, min_depth=1e-3, max_depth=10.0)
+    expected = _reference_depth(pred[:, 0], gt[:, 0], 1e-3, 10.0)
+    for key in DEPTH_METRIC_NAMES:
+        assert out[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
 def test_crop_masks_exact_indices():
     eigen = torch.zeros(480, 640, dtype=torch.bool)
     eigen[45:471, 41:601] = True
