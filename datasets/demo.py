@@ -2,7 +2,8 @@
 
 Nothing to download: `ensure_segmentation_demo` / `ensure_depth_demo` render the images deterministically from a
 seed (same seed -> same bytes) in a few seconds, into a temporary folder renamed into place at the end, so an
-interrupted generation is never taken for a complete one (a leftover ``.*.tmp-*`` folder can be deleted).
+interrupted generation is never taken for a complete one (a leftover ``.*.tmp-*`` folder can be deleted). Each
+tree holds a ``demo_stamp.txt`` naming the generator version and seed; a tree with another stamp is rewritten.
 
 Layout under ``DATASET.DATA_PATH`` (``../dataset`` by default)::
 
@@ -36,6 +37,8 @@ import numpy as np
 from PIL import Image
 
 DEMO_SEED = 0
+DEMO_VERSION = 1  # bump when the rendering changes: trees stamped with another version are rewritten
+STAMP_FILE = "demo_stamp.txt"
 DEMO_DIR = "demo"
 SEGMENTATION_CLASSES = ("background", "disc", "square", "triangle", "stripes", "ring")
 SEGMENTATION_SIZE = 128
@@ -60,15 +63,32 @@ def demo_root(data_path: str) -> str:
     return os.path.join(data_path, DEMO_DIR)
 
 
-def _write_atomically(final_dir: str, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp_dir)`` in a sibling temporary folder, then rename it to ``final_dir`` (kept if it exists)."""
-    if os.path.isdir(final_dir):
-        return
+def _stamp(seed: int) -> str:
+    return f"BiDense demo generator version {DEMO_VERSION}, seed {seed}\n"
+
+
+def _write_atomically(final_dir: str, write: Callable[[str], None], seed: int) -> None:
+    """Run ``write(tmp_dir)`` in a sibling temporary folder, then rename it to ``final_dir``.
+
+    A ``final_dir`` stamped with this generator version and seed is kept; one with another stamp (an older
+    generator, another seed) is moved aside, deleted and written again.
+    """
+    stamp_path = os.path.join(final_dir, STAMP_FILE)
+    if os.path.isfile(stamp_path):
+        with open(stamp_path) as f:
+            if f.read() == _stamp(seed):
+                return
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(final_dir):
+        stale = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.stale-", dir=parent)
+        os.rename(final_dir, os.path.join(stale, "tree"))
+        shutil.rmtree(stale)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
     try:
         write(tmp)
+        with open(os.path.join(tmp, STAMP_FILE), "w") as f:
+            f.write(_stamp(seed))
         os.rename(tmp, final_dir)
     except OSError:
         if not os.path.isdir(final_dir):  # a concurrent process winning the rename is fine, anything else is not
@@ -155,7 +175,7 @@ def _write_segmentation(tree: str, seed: int) -> None:
 def ensure_segmentation_demo(data_path: str, seed: int = DEMO_SEED) -> str:
     """Write the segmentation demo under ``<data_path>/demo`` unless present; returns that root for `ADE20K`."""
     root = demo_root(data_path)
-    _write_atomically(os.path.join(root, "ADEChallengeData2016"), lambda tmp: _write_segmentation(tmp, seed))
+    _write_atomically(os.path.join(root, "ADEChallengeData2016"), lambda tmp: _write_segmentation(tmp, seed), seed)
     return root
 
 
@@ -228,7 +248,7 @@ def ensure_depth_demo(data_path: str, seed: int = DEMO_SEED) -> dict[str, str]:
     ``DATA_PATH_EVAL``, ``GT_PATH_EVAL``, ``FILENAMES_FILE_EVAL``.
     """
     tree = os.path.join(demo_root(data_path), "nyu_depth_v2")
-    _write_atomically(tree, lambda tmp: _write_depth(tmp, seed))
+    _write_atomically(tree, lambda tmp: _write_depth(tmp, seed), seed)
     train_root = os.path.join(tree, "sync")
     test_root = os.path.join(tree, "official_splits", "test")
     lists = os.path.join(tree, "train_test_inputs")

@@ -38,7 +38,7 @@ def test_depth_same_seed_same_bytes(demo_data, tmp_path):
     demo.ensure_depth_demo(str(tmp_path))
     tree = os.path.join("demo", "nyu_depth_v2")
     fresh = _tree_bytes(str(tmp_path / tree))
-    assert len(fresh) == 2 * (200 + 40) + 2
+    assert len(fresh) == 2 * (200 + 40) + 2 + 1  # pairs, two filenames files, the stamp
     assert fresh == _tree_bytes(os.path.join(demo_data.data_path, tree))
 
 
@@ -53,10 +53,18 @@ def test_interrupted_generation_leaves_no_tree(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "demo") == []  # neither a final tree nor a leftover temporary folder
 
 
-def test_existing_tree_is_reused(tmp_path, monkeypatch):
-    (tmp_path / "demo" / "ADEChallengeData2016").mkdir(parents=True)
+def test_existing_tree_is_reused_only_with_the_same_stamp(tmp_path, monkeypatch):
+    tree = tmp_path / "demo" / "ADEChallengeData2016"
+    tree.mkdir(parents=True)
+    (tree / demo.STAMP_FILE).write_text(demo._stamp(3))
     monkeypatch.setattr(demo, "_write_segmentation", lambda tree, seed: pytest.fail("regenerated"))
-    assert demo.ensure_segmentation_demo(str(tmp_path)) == str(tmp_path / "demo")
+    assert demo.ensure_segmentation_demo(str(tmp_path), seed=3) == str(tmp_path / "demo")
+
+    written = []
+    monkeypatch.setattr(demo, "_write_segmentation", lambda tree, seed: written.append(seed))
+    demo.ensure_segmentation_demo(str(tmp_path), seed=4)  # another seed: the stale tree is replaced
+    assert written == [4] and (tree / demo.STAMP_FILE).read_text() == demo._stamp(4)
+    assert sorted(os.listdir(tmp_path / "demo")) == ["ADEChallengeData2016"]
 
 
 def test_real_ade20k_loader_reads_the_segmentation_demo(demo_data):
