@@ -1,0 +1,306 @@
+"""Functional core of BiDense (PAPER.md sections 1.1, 1.2, 1.4 and 8): ApproxSign, the DAB, binary weights,
+the channel-adaptive bypass (CFB) and the fused DAB + binary convolution used by the BiDense conv units.
+
+Every function here is a `torch.autograd.Function` that saves only what its backward needs: the DAB and the fused
+conv keep the real-valued input plus per-(sample, channel) statistics and rebuild the binary input in backward;
+the CFB saves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+_Dims = int | Sequence[int]
+
+
+def _dims(x: Tensor, dim: _Dims) -> tuple[int, ...]:
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(d % x.dim() for d in dims)
+
+
+def _approx_sign_grad_(s: Tensor) -> Tensor:
+    """In place: s -> dF/ds = max(0, 2 - 2|s|), the Bi-Real ApproxSign derivative."""
+    return s.abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0)
+
+
+class _ApproxSign(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * _approx_sign_grad_(x.clone())
+
+
+def approx_sign(x: Tensor) -> Tensor:
+    """ApproxSign of Bi-Real Net (arXiv 1808.00278), PAPER.md 1.1.
+
+    Forward ``torch.sign(x)`` (0 at 0, as the released code); backward the derivative of the piecewise quadratic
+    F: ``2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1), 0 elsewhere, i.e. ``max(0, 2 - 2|x|)``.
+    """
+    return _ApproxSign.apply(x)
+
+
+def _dab_stats(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dims: tuple[int, ...]):
+    """Forward of the DAB. Returns (binary output, mean, beta, alpha, mean|s|)."""
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    mean = x.mean(dims, keepdim=True)
+    beta = k * mean + b
+    s = x - beta
+    mad = torch.linalg.vector_norm(s, 1, dims, keepdim=True).div_(n)
+    alpha = torch.exp(a * (mad - 1.0))
+    return s.sign_().mul_(alpha), mean, beta, alpha, mad
+
+
+def _dab_backward(grad: Tensor, s: Tensor, mean: Tensor, alpha: Tensor, mad: Tensor, dims: tuple[int, ...],
+                  sign_dot: Tensor | None, shapes: tuple, needs: Sequence[bool]):
+    """Backward of the DAB given dL/d(output) ``grad`` and ``s = x - beta`` (both consumed in place).
+
+    ``sign_dot`` is sum over ``dims`` of grad * sign(s) (computed by the caller when it has the binary tensor).
+    """
+    k_shape, b_shape, a_shape = shapes
+    ga = None
+    if needs[3]:
+        if sign_dot is None:
+            sign_dot = (grad * torch.sign(s)).sum(dims, keepdim=True)
+        ga = (sign_dot * alpha * (mad - 1.0)).sum_to_size(a_shape)
+    gs = grad.mul_(torch.addcmul(2.0 * alpha, s.abs_(), -2.0 * alpha, out=s).clamp_(min=0.0))
+    gk = gb = None
+    if needs[1] or needs[2]:
+        per_stat = gs.sum(dims, keepdim=True)
+        if needs[1]:
+            gk = (per_stat * mean).neg_().sum_to_size(k_shape)
+        if needs[2]:
+            gb = per_stat.neg().sum_to_size(b_shape)
+    return (gs if needs[0] else None), gk, gb, ga
+
+
+class _DAB(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: Tensor, b: Tensor, a: Tensor, dims: tuple[int, ...]) -> Tensor:
+        out, mean, beta, alpha, mad = _dab_stats(x, k, b, a, dims)
+        ctx.save_for_backward(x, mean, beta, alpha, mad)
+        ctx.dims = dims
+        ctx.shapes = (k.shape, b.shape, a.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, mean, beta, alpha, mad = ctx.saved_tensors
+        grads = _dab_backward(grad.clone(), x - beta, mean, alpha, mad, ctx.dims, None, ctx.shapes,
+                              ctx.needs_input_grad[:4])
+        return (*grads, None)
+
+
+def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
+    """Distribution-adaptive Binarizer (DAB), PAPER.md 1.1 and 8.1-8.2.
+
+    With statistics per sample and per channel over ``dim`` (``(2, 3)`` for NCHW, ``1`` for B x N x C tokens)::
+
+        beta  = k * mean(x) + b            s = x - beta
+        alpha = exp(a * (mean|s| - 1))     out = alpha * ApproxSign(s)
+
+    ``mean(x)`` and ``mean|s|`` are computed on the detached input, so x gets gradient only through s
+    (dL/dx = g * alpha * max(0, 2 - 2|s|)); k gets ``-sum(g_s * mean(x))``, b ``-sum(g_s)`` and a
+    ``sum(g * sign(s) * alpha * (mean|s| - 1))``. ``k``, ``b``, ``a`` broadcast against the statistics
+    (shape (1, C, 1, 1) for NCHW, (1, 1, C) for tokens). Saves x and the per-(sample, channel) statistics.
+    """
+    return _DAB.apply(x, k, b, a, _dims(x, dim))
+
+
+def _weight_scale(w: Tensor) -> Tensor:
+    return w.abs().mean(tuple(range(1, w.dim())), keepdim=True)
+
+
+class _BinarizeWeight(Function):
+    @staticmethod
+    def forward(ctx, w: Tensor, centered: bool) -> Tensor:
+        ctx.save_for_backward(w)
+        ctx.centered = centered
+        if centered:
+            w = w - w.mean(-1, keepdim=True)
+        return torch.sign(w).mul_(_weight_scale(w))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        if not ctx.centered:
+            return grad * (w.abs() <= 1.0), None
+        wc = w - w.mean(-1, keepdim=True)
+        g = grad * (wc.abs() <= 1.0)
+        return g - g.mean(-1, keepdim=True), None
+
+
+def binarize_weight(w: Tensor) -> Tensor:
+    """Binary weights, PAPER.md 1.2: ``gamma * sign(w)`` with ``gamma_o = mean|w[o]|`` over all dims but the
+    first (per output channel of a conv weight; per *input* channel of a transposed-conv weight
+    [C_in, C_out/groups, k, k], as released). gamma is detached; clipped STE: dL/dw = g * (|w| <= 1)."""
+    return _BinarizeWeight.apply(w, False)
+
+
+def binarize_weight_centered(w: Tensor) -> Tensor:
+    """Row-centred binary weights of the linear layers, PAPER.md 1.2: ``wc = w - mean_row(w)``,
+    ``gamma_o * sign(wc)`` with ``gamma_o = mean|wc[o]|`` (detached). The clipped STE acts on wc and the gradient
+    flows back through the centring: ``h = g * (|wc| <= 1)``, ``dL/dw = h - mean_row(h)``."""
+    return _BinarizeWeight.apply(w, True)
+
+
+def _cfb_plan(c_in: int, c_out: int) -> tuple[int, int, int, int]:
+    """(r, m, g, R) of the CFB: r tiles, m merged channels, strided groups of g over the first R inputs."""
+    r, m = divmod(c_out, c_in)
+    g = c_in // m if m else 0
+    return r, m, g, g * (m - 1) if m else 0
+
+
+def _cfb_into(out: Tensor, x: Tensor, accumulate: bool) -> None:
+    """Write (or add) CFB(x) into ``out``; both with channels on dim 1."""
+    c_in, c_out = x.shape[1], out.shape[1]
+    r, m, g, big_r = _cfb_plan(c_in, c_out)
+    put = Tensor.add_ if accumulate else Tensor.copy_
+    if r:
+        put(out.narrow(1, 0, r * c_in).unflatten(1, (r, c_in)), x.unsqueeze(1))
+    if m > 1:
+        put(out.narrow(1, r * c_in, m - 1), x.narrow(1, 0, big_r).unflatten(1, (g, m - 1)).mean(1))
+    if m:
+        put(out.narrow(1, c_out - 1, 1), x.narrow(1, big_r, c_in - big_r).mean(1, keepdim=True))
+
+
+def _cfb_transpose(grad: Tensor, gx: Tensor) -> Tensor:
+    """The adjoint of the CFB: write dL/dx into ``gx`` (channels on dim 1) from dL/d(CFB(x)) ``grad``."""
+    c_in, c_out = gx.shape[1], grad.shape[1]
+    r, m, g, big_r = _cfb_plan(c_in, c_out)
+    if r == 1:
+        gx.copy_(grad.narrow(1, 0, c_in))
+    elif r > 1:
+        torch.sum(grad.narrow(1, 0, r * c_in).unflatten(1, (r, c_in)), 1, out=gx)
+    put = Tensor.add_ if r else Tensor.copy_
+    if m > 1:
+        put(gx.narrow(1, 0, big_r).unflatten(1, (g, m - 1)), grad.narrow(1, r * c_in, m - 1).unsqueeze(1) / g)
+    if m:
+        put(gx.narrow(1, big_r, c_in - big_r), grad.narrow(1, c_out - 1, 1) / (c_in - big_r))
+    return gx
+
+
+def _grad_like(shape: torch.Size, grad: Tensor) -> Tensor:
+    return torch.empty(shape, dtype=grad.dtype, device=grad.device)
+
+
+class _CFB(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, out_channels: int, dim: int) -> Tensor:
+        ctx.in_shape, ctx.dim = x.shape, dim
+        shape = list(x.shape)
+        shape[dim] = out_channels
+        out = x.new_empty(shape)
+        _cfb_into(out.movedim(dim, 1), x.movedim(dim, 1), accumulate=False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        gx = _grad_like(ctx.in_shape, grad)
+        _cfb_transpose(grad.movedim(ctx.dim, 1), gx.movedim(ctx.dim, 1))
+        return gx, None, None
+
+
+class _AddCFB(Function):
+    @staticmethod
+    def forward(ctx, y: Tensor, x: Tensor, dim: int) -> Tensor:
+        ctx.in_shape, ctx.dim = x.shape, dim
+        ctx.mark_dirty(y)
+        _cfb_into(y.movedim(dim, 1), x.movedim(dim, 1), accumulate=True)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if not ctx.needs_input_grad[1]:
+            return grad, None, None
+        if ctx.in_shape == grad.shape:
+            return grad, grad, None
+        gx = _grad_like(ctx.in_shape, grad)
+        _cfb_transpose(grad.movedim(ctx.dim, 1), gx.movedim(ctx.dim, 1))
+        return grad, gx, None
+
+
+def channel_adaptive_bypass(x: Tensor, out_channels: int, dim: int = 1) -> Tensor:
+    """Channel-adaptive Full-precision Bypass (CFB), PAPER.md 1.4 and 8.4/8.11; parameter-free.
+
+    With ``C = C_in`` channels on ``dim``, ``r = C_out // C``, ``m = C_out % C``, ``g = C // m``, ``R = g(m-1)``,
+    the output channels are, in order:
+
+    - ``r`` tiles of x: channel ``t*C + c`` is ``x_c``;
+    - ``m - 1`` strided means: merged channel ``j`` is ``(1/g) * sum_{i<g} x_{i(m-1)+j}``;
+    - one tail mean: ``mean(x_R, ..., x_{C-1})`` (for ``m == 1`` that is the mean of all inputs, where the
+      released code raises).
+
+    The same mapping serves NCHW (``dim=1``) and token tensors B x N x C (``dim=-1``).
+    """
+    if out_channels == x.shape[dim]:
+        return x
+    return _CFB.apply(x, out_channels, dim % x.dim())
+
+
+def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
+    """``y + CFB(x, y.shape[dim])`` computed in place in ``y`` (``y`` must be a fresh intermediate result that
+    nothing saved for backward, e.g. a BatchNorm or LayerNorm output). Avoids materialising the bypass."""
+    if y.shape[:dim % y.dim()] != x.shape[:dim % x.dim()] or y.shape[dim % y.dim() + 1:] != x.shape[
+            dim % x.dim() + 1:]:
+        raise ValueError(f"CFB needs the same non-channel shape: conv output {tuple(y.shape)} vs input "
+                         f"{tuple(x.shape)} (use a resampling bypass for strided layers)")
+    return _AddCFB.apply(y, x, dim % y.dim())
+
+
+class _DABConv(Function):
+    @staticmethod
+    def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+        dims = (2, 3)
+        xb, mean, beta, alpha, mad = _dab_stats(x, k, b, a, dims)
+        wb = torch.sign(weight).mul_(_weight_scale(weight))
+        y = torch.ops.aten.convolution(xb, wb, bias, stride, padding, dilation, transposed, output_padding, groups)
+        ctx.save_for_backward(x, weight, mean, beta, alpha, mad)
+        ctx.conv = (stride, padding, dilation, transposed, output_padding, groups)
+        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.shapes = (k.shape, b.shape, a.shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, beta, alpha, mad = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need_x = any(needs[:4])
+        buf = torch.sub(x, beta)
+        xb = torch.sign(buf, out=buf).mul_(alpha)
+        wb = torch.sign(weight).mul_(_weight_scale(weight))
+        gxb, gwb, gbias = torch.ops.aten.convolution_backward(
+            grad.contiguous(), xb, wb, ctx.bias_shape, *ctx.conv, [need_x, needs[4], needs[5]])
+        gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
+        if not need_x:
+            return None, None, None, None, gw, gbias, *([None] * 6)
+        sign_dot = None
+        if needs[3]:
+            n, c = xb.shape[:2]
+            sign_dot = torch.bmm(gxb.reshape(n * c, 1, -1), xb.reshape(n * c, -1, 1)).view(n, c, 1, 1).div_(alpha)
+        s = torch.sub(x, beta, out=buf)
+        gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, ctx.shapes, needs[:4])
+        return gx, gk, gb, ga, gw, gbias, *([None] * 6)
+
+
+def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None = None,
+               stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
+               groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
+    """``conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias`` as one autograd Function.
+
+    Same values and gradients as the composition (PAPER.md 1.3), but saves only x, the weight and per-(sample,
+    channel) statistics: the binary input is rebuilt from x in backward. ``transposed`` selects a transposed
+    convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released).
+    """
+    return _DABConv.apply(x, k, b, a, weight, bias, list(stride), list(padding), list(dilation), transposed,
+                          list(output_padding), groups)
