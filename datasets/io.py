@@ -27,7 +27,19 @@ __all__ = [
 
 
 class DataError(ValueError):
-    """A data set on disk does not match what the loader expects; the message is one line naming the path."""
+    """A data set on disk does not match what the loader expects; the message is one line naming the path.
+
+    Raised inside a DataLoader worker, torch re-raises it in the main process as ``DataError(text)`` where
+    ``text`` holds the worker's traceback; the message is then cut back to the worker's one line, and the full
+    text is kept in ``worker_traceback``.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.worker_traceback: str | None = None
+        if "\nOriginal Traceback" in message:
+            self.worker_traceback = message
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
 
 
 def require_dir(path: str, what: str, expected_tree: str) -> None:

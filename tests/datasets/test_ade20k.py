@@ -65,6 +65,17 @@ def test_undecodable_image_names_the_file(ade_tree):
         ds[0]
 
 
+def test_error_in_a_loader_worker_stays_one_line(ade_tree):
+    (ade_tree.base / "images" / "validation" / "ADE_val_00000001.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning):
+        ds = ADE20K(ade_tree.root, "val", 151, SegmentationValTransform(12))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
+    with pytest.raises(DataError) as err:
+        next(iter(loader))
+    assert str(err.value).startswith("cannot decode image ") and "ADE_val_00000001.jpg" in str(err.value)
+    assert "\n" not in str(err.value) and "Original Traceback" in err.value.worker_traceback
+
+
 def test_label_size_mismatch_names_both_files(ade_tree, helpers):
     helpers.save_label(str(ade_tree.base / "annotations" / "validation" / "ADE_val_00000000.png"), np.ones((5, 5)))
     with pytest.warns(UserWarning):
