@@ -7,7 +7,8 @@ Both run at full resolution on the decoder's 128-channel output:
 * depth: ``max_depth * sigmoid(classifier(act(conv3x3(x))))``, ``conv3x3`` 128->32, ``classifier`` a
   full-precision 1x1 conv 32->1, so the depth lies in (0, max_depth).
 
-With ``method.standard`` the depth head's 3x3 conv is the authors' plain biased conv without a norm.
+With ``method.standard`` the depth head's 3x3 conv is the authors' plain biased conv without a norm; otherwise it
+is a method unit, biased except in the bypass variant (as released).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class DepthHead(nn.Module):
         if method.standard:
             self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
         else:
-            self.conv = method.conv(in_channels, hidden_channels, 3, padding=1, bias=True, role="head")
+            self.conv = method.conv(in_channels, hidden_channels, 3, padding=1, bias=not method.bypass, role="head")
         self.act = method.act(hidden_channels, "head")
         self.classifier = nn.Conv2d(hidden_channels, 1, 1)
         self.max_depth = float(max_depth)

@@ -44,11 +44,12 @@ def _act(method: Method, channels: int, role: str) -> nn.Module:
 
 
 def _plain_conv(method: Method, in_channels: int, out_channels: int, kernel_size: int, role: str) -> nn.Module:
-    """A conv with no activation after it: a plain biased conv in the standard UperNet, else a method unit."""
+    """A conv with no activation after it (lateral, smooth, out): a plain biased conv in the standard UperNet, else
+    a method unit, biased except in the bypass variant (as released)."""
     padding = kernel_size // 2
     if method.standard:
         return nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
-    return method.conv(in_channels, out_channels, kernel_size, padding=padding, bias=True, role=role)
+    return method.conv(in_channels, out_channels, kernel_size, padding=padding, bias=not method.bypass, role=role)
 
 
 class PSPModule(nn.Module):

@@ -63,14 +63,17 @@ class UnitBlock(nn.Module):
     With ``method.bypass``: ``pw2(act(pw1(dw(x))))``, the units carrying the residual paths.
     Without: ``y = x + dw(x)``, output ``x + drop_path(pw2(act(pw1(y))))``.
     ``dw`` is 7x7 depthwise d->d, ``pw1`` 1x1 d->4d, ``pw2`` 1x1 4d->d, ``act = method.act(4d, "block")``.
+    The convs carry a bias except in the bypass variant (as released: ``nn.Conv2d``'s default there, the
+    BiDense unit's ``bias=False`` default here).
     """
 
     def __init__(self, method: Method, dim: int, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.dwconv = method.conv(dim, dim, 7, padding=3, groups=dim, bias=True, role="dw")
-        self.pwconv1 = method.conv(dim, 4 * dim, 1, bias=True, role="pw1")
+        bias = not method.bypass
+        self.dwconv = method.conv(dim, dim, 7, padding=3, groups=dim, bias=bias, role="dw")
+        self.pwconv1 = method.conv(dim, 4 * dim, 1, bias=bias, role="pw1")
         self.act = method.act(4 * dim, "block")
-        self.pwconv2 = method.conv(4 * dim, dim, 1, bias=True, role="pw2")
+        self.pwconv2 = method.conv(4 * dim, dim, 1, bias=bias, role="pw2")
         self.residual = not method.bypass
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.residual else nn.Identity()
 
