@@ -12,6 +12,7 @@ from collections.abc import Callable
 from torch import nn
 
 from binary import Method, get_method, list_methods
+from models.dpt import build_dpt
 from models.upernet import build_upernet
 
 TASKS = ("depth", "segmentation")
@@ -19,12 +20,14 @@ TASKS = ("depth", "segmentation")
 # model_type -> builder(task, method, **kwargs)
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "upernet": build_upernet,
+    "dpt": build_dpt,
 }
 
 # model_type -> the methods it is defined for.  The ViT baselines (bibert, bit, bivit) binarize transformer
 # layers only and have no UperNet-ConvNeXt model in the released code (PAPER.md 4).
 _METHODS: dict[str, tuple[str, ...]] = {
     "upernet": ("fp32", "fp32_0", "bnn", "react", "adabin", "bisrnet", "cfb", "bidense"),
+    "dpt": ("fp32", "fp32_0", "bibert", "bit", "bivit", "cfb", "bidense"),
 }
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from binary import Method
 from models.backbones.vit import dinov2_vits14
+from models.heads import build_head
 
 
 def _plain_conv(in_channels: int, out_channels: int, bias: bool, norm: bool) -> nn.Module:
@@ -174,3 +175,22 @@ class DPT(nn.Module):
             path = self.fusions[i](path, layers[i])
         out = F.interpolate(self.output_conv1(path), size=(h, w), mode="bilinear", align_corners=True)
         return self.head(out)
+
+
+def build_dpt(
+    task: str,
+    method: Method,
+    num_classes: int | None = None,
+    max_depth: float | None = None,
+    pretrained: str | Path | None = None,
+    features: int = 256,
+) -> DPT:
+    """DPT-ViT-S/14 for ``task`` with ``method``'s layers and the head of `models.heads.build_head`.
+
+    ``pretrained`` (a local ``dinov2_vits14_pretrain.pth``; None or "" for none) is loaded into the backbone; it
+    fits the float methods, and any binary method whose backbone has exactly the official keys.  The standard
+    DPT (`fp32`) puts BatchNorm in its residual conv units for segmentation only, as the released code.
+    """
+    head = build_head(task, method, features // 2, num_classes=num_classes, max_depth=max_depth)
+    return DPT(method, head, "classifier", features=features, rcu_norm=method.standard and task == "segmentation",
+               pretrained=pretrained or None)
