@@ -115,6 +115,11 @@ class SegmentationModule(L.LightningModule):
         return {"model_type": cfg.MODEL.MODEL_TYPE, "binary_type": cfg.MODEL.BINARY_TYPE,
                 "num_classes": cfg.MODEL.NUM_CLASSES}
 
+    @staticmethod
+    def validation_plan(cfg: CfgNode) -> tuple[str | None, int]:
+        """(metric kept by the best checkpoint, validation period in epochs)."""
+        return "valid/mIoU", cfg.TRAINING.EVAL_FREQ
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
 
@@ -189,7 +194,7 @@ class SegmentationModule(L.LightningModule):
 def main() -> None:
     """Command-line entry point."""
     parser = build_parser(__doc__.splitlines()[0], test=False)
-    run_cli(lambda args: fit(args, "segmentation", SegmentationModule, "valid/mIoU", "TRAINING.EVAL_FREQ"), parser)
+    run_cli(lambda args: fit(args, "segmentation", SegmentationModule), parser)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,38 @@ def load_config(task: str, path: str | Path | None, overrides: Sequence[str] = (
         )
     for key, value in zip(overrides[::2], overrides[1::2], strict=True):
         _set(cfg, key, value, source="command-line override")
+    _check_values(cfg, task, source=f"config {path}" if path is not None else "config")
     cfg.freeze()
     return cfg
+
+
+PRECISIONS = ("32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
+
+
+def _check_values(cfg: CfgNode, task: str, source: str) -> None:
+    """Range checks that the types alone do not catch."""
+    t = cfg.TRAINING
+    positive = {"TRAINING.BATCH_SIZE": t.BATCH_SIZE, "TRAINING.BATCH_SIZE_ON_1_GPU": t.BATCH_SIZE_ON_1_GPU,
+                "TRAINING.NUM_EPOCHS": t.NUM_EPOCHS, "TRAINING.NUM_NODES": t.NUM_NODES, "TRAINING.MAX_LR": t.MAX_LR,
+                "TRAINING.LIMIT_TRAIN_BATCHES": t.LIMIT_TRAIN_BATCHES,
+                "TRAINING.LOG_EVERY_N_STEPS": t.LOG_EVERY_N_STEPS}
+    if task == "depth":
+        positive["MODEL.MAX_DEPTH"] = cfg.MODEL.MAX_DEPTH
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: key {key} must be positive, got {value}")
+    for key, value in {"TRAINING.NUM_THREADS": t.NUM_THREADS, "TRAINING.LIMIT_VAL_BATCHES": t.LIMIT_VAL_BATCHES,
+                       "TRAINING.WEIGHT_DECAY": t.WEIGHT_DECAY}.items():
+        if value < 0:
+            raise ConfigError(f"{source}: key {key} must not be negative, got {value}")
+    if not 0 <= t.STOP_AT_EPOCH <= t.NUM_EPOCHS:
+        raise ConfigError(f"{source}: key TRAINING.STOP_AT_EPOCH must lie in 0..NUM_EPOCHS ({t.NUM_EPOCHS}), "
+                          f"got {t.STOP_AT_EPOCH}")
+    if t.PRECISION not in PRECISIONS:
+        raise ConfigError(f"{source}: key TRAINING.PRECISION {t.PRECISION!r} is not one of {', '.join(PRECISIONS)}")
+    if task == "segmentation" and cfg.MODEL.NUM_CLASSES < 2:
+        raise ConfigError(f"{source}: key MODEL.NUM_CLASSES must count the classes plus the ignore slot (>= 2), "
+                          f"got {cfg.MODEL.NUM_CLASSES}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

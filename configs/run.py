@@ -33,15 +33,12 @@ class TaskModule(Protocol):
     @staticmethod
     def identity(cfg: CfgNode) -> dict[str, Any]: ...
 
+    @staticmethod
+    def validation_plan(cfg: CfgNode) -> tuple[str | None, int]: ...
 
-def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule], monitor: str | None,
-        eval_freq_key: str) -> Path:
-    """Train as the command line asks; returns the run folder.
 
-    Args:
-        monitor: the metric maximised by the best checkpoint (``valid/mIoU``, ``valid/d1``), None for none.
-        eval_freq_key: dotted config key of the validation period (``TRAINING.EVAL_FREQ``, ``ONLINE_EVAL.EVAL_FREQ``).
-    """
+def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
+    """Train as the command line asks; returns the run folder."""
     cfg = load_config(task, args.config, args.overrides)
     devices = parse_gpus(args.gpus, args.cpu_processes)
     if args.resume and args.weights:
@@ -57,8 +54,8 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule], monit
             module.load_state_dict(ckpt["state_dict"])
     datamodule = build_datamodule(cfg, task)
     folder = run_dir(cfg, args.config)
-    section, key = eval_freq_key.split(".")
-    trainer = build_trainer(cfg, devices, folder, monitor, eval_freq=cfg[section][key])
+    monitor, eval_freq = module_cls.validation_plan(cfg)
+    trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
         print(f"run folder: {folder}")

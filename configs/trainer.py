@@ -76,7 +76,7 @@ def build_trainer(
         folder: the run folder for training (loggers, checkpoints); ``None`` for evaluation (no logs, no files).
         monitor: the validation metric to maximise for the best checkpoint (``valid/mIoU``, ``valid/d1``), or
             ``None`` to keep only ``last.ckpt``.
-        eval_freq: validate every ``eval_freq`` epochs.
+        eval_freq: validate every ``eval_freq`` epochs; 0 = never.
     """
     processes = devices.count * cfg.TRAINING.NUM_NODES
     common: dict[str, Any] = dict(
@@ -90,6 +90,8 @@ def build_trainer(
     )
     if folder is None:
         return L.Trainer(logger=False, enable_checkpointing=False, **common)
+    if eval_freq == 0:
+        common["limit_val_batches"] = 0
     checkpoints = ModelCheckpoint(
         dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor=monitor, mode="max", save_top_k=1 if monitor else 0, save_last=True,
@@ -100,9 +102,9 @@ def build_trainer(
         CSVLogger(save_dir=folder.parent, name="", version=folder.name),
     ]
     return L.Trainer(
-        max_epochs=cfg.TRAINING.NUM_EPOCHS,
+        max_epochs=cfg.TRAINING.STOP_AT_EPOCH or cfg.TRAINING.NUM_EPOCHS,
         accumulate_grad_batches=accumulation(cfg, devices),
-        check_val_every_n_epoch=eval_freq,
+        check_val_every_n_epoch=max(eval_freq, 1),
         limit_train_batches=_limit(cfg.TRAINING.LIMIT_TRAIN_BATCHES),
         log_every_n_steps=cfg.TRAINING.LOG_EVERY_N_STEPS,
         callbacks=callbacks,

@@ -42,6 +42,9 @@ _C.TRAINING.WEIGHT_DECAY = 0.01
 _C.TRAINING.PRECISION = "32"
 # Addition. Number of nodes (machines) for multi-node DDP under torchrun or SLURM.
 _C.TRAINING.NUM_NODES = 1
+# Addition. End this invocation after this many epochs of the NUM_EPOCHS schedule (0 = run to NUM_EPOCHS); continue
+# later with --resume last.ckpt (for time-limited cluster jobs).
+_C.TRAINING.STOP_AT_EPOCH = 0
 # Addition. Fraction (<= 1.0) or number (> 1) of training batches per epoch; 1.0 = all (for quick checks).
 _C.TRAINING.LIMIT_TRAIN_BATCHES = 1.0
 # Addition. Fraction (<= 1.0) or number (> 1) of evaluation batches (validation and test); 1.0 = all.
