@@ -102,3 +102,23 @@ def test_worker_augmentation_is_reproducible_under_seed_everything(cfg_factory, 
 
     a, b = first_batch(), first_batch()
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.filterwarnings("ignore:PASCAL VOC")
+@pytest.mark.parametrize("split, n_train", [("train", 2), ("trainval", 3)])
+def test_voc_train_split_comes_from_the_config(cfg_factory, voc_tree, split, n_train):
+    cfg = cfg_factory(
+        "segmentation",
+        DATASET__DATASET="pascal_voc",
+        DATASET__DATA_PATH=voc_tree.root,
+        DATASET__TRAIN_SPLIT=split,
+        DATASET__CROP_SIZE=8,
+        DATASET__BASE_SIZE=16,
+        MODEL__NUM_CLASSES=22,
+        TRAINING__BATCH_SIZE_ON_1_GPU=1,
+    )
+    dm = build_datamodule(cfg, "segmentation")
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (n_train, 1)
+    _, mask = next(iter(dm.val_dataloader()))
+    assert mask.shape == (1, 8, 8) and int(mask.max()) <= 21
