@@ -66,17 +66,17 @@ def read_rgb(path: str) -> np.ndarray:
 def read_label(path: str) -> np.ndarray:
     """Decode a label png to its raw uint8 values ``[H, W]`` (palette indices for palette pngs, as VOC stores).
 
-    A file that cannot be decoded, or that holds more than one channel or values above 255, raises `DataError`.
+    A file that cannot be decoded, or that is not a single-channel 8-bit png (PIL mode P or L), raises `DataError`.
     """
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DataError(f"label {path} has PIL mode {im.mode}; expected a single-channel 8-bit png (P or L)")
-            return np.asarray(im, dtype=np.uint8).copy()
+            mode = im.mode
+            values = np.asarray(im).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        if isinstance(err, DataError):
-            raise
         raise DataError(f"cannot decode label {path}: {err}") from err
+    if mode not in ("P", "L"):
+        raise DataError(f"label {path} has PIL mode {mode}; expected a single-channel 8-bit png (P or L)")
+    return values
 
 
 def read_depth_png(path: str, scale: float) -> np.ndarray:

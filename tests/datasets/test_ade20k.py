@@ -89,3 +89,11 @@ def test_label_above_the_ignore_slot_is_reported(ade_tree):
         ds = ADE20K(ade_tree.root, "val", 7, SegmentationValTransform(12))
     with pytest.raises(DataError, match="holds value 149 .* ignore slot 6"):
         ds[0]
+
+
+def test_rgb_label_png_is_rejected(ade_tree, helpers):
+    helpers.save_rgb(str(ade_tree.base / "annotations" / "validation" / "ADE_val_00000000.png"), np.ones((12, 16, 3)))
+    with pytest.warns(UserWarning):
+        ds = ADE20K(ade_tree.root, "val", 151, SegmentationValTransform(12))
+    with pytest.raises(DataError, match="ADE_val_00000000.png has PIL mode RGB; expected a single-channel 8-bit"):
+        ds[0]
