@@ -21,6 +21,9 @@ Data flow, for an input of size H x W:
 * `fp32` (standard DPT): ``x + conv(ReLU(conv(ReLU(x))))`` with biased convs, BN after each only for
   segmentation, as the released code.
 
+The float forms add ``x`` as the original DPT does (its ``ResidualConvUnit_custom`` with ``ReLU(False)``); the
+released float decoder uses an in-place ReLU on ``x`` and so in effect adds ``ReLU(x)``, a quirk not copied.
+
 With a binary method the projections, resamplings, ``layer_rn``, RCUs and ``output_conv1`` are the method's conv
 units (``up``/``down`` carry the resampling bypass for BiDense, PAPER.md 1.4); `fp32_0` uses the float units
 (conv + BN, so BN after ``output_conv1``); `fp32` uses the plain convolutions of the standard DPT and loads the
