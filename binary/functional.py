@@ -174,15 +174,18 @@ def _cfb_into(out: Tensor, x: Tensor, accumulate: bool) -> None:
         put(out.narrow(1, c_out - 1, 1), x.narrow(1, big_r, c_in - big_r).mean(1, keepdim=True))
 
 
-def _cfb_transpose(grad: Tensor, gx: Tensor) -> Tensor:
-    """The adjoint of the CFB: write dL/dx into ``gx`` (channels on dim 1) from dL/d(CFB(x)) ``grad``."""
+def _cfb_transpose(grad: Tensor, gx: Tensor, accumulate: bool = False) -> Tensor:
+    """The adjoint of the CFB: write (or add) dL/dx into ``gx`` (channels on dim 1) from dL/d(CFB(x)) ``grad``."""
     c_in, c_out = gx.shape[1], grad.shape[1]
     r, m, g, big_r = _cfb_plan(c_in, c_out)
-    if r == 1:
+    if r and accumulate:
+        for t in range(r):
+            gx.add_(grad.narrow(1, t * c_in, c_in))
+    elif r == 1:
         gx.copy_(grad.narrow(1, 0, c_in))
     elif r > 1:
         torch.sum(grad.narrow(1, 0, r * c_in).unflatten(1, (r, c_in)), 1, out=gx)
-    put = Tensor.add_ if r else Tensor.copy_
+    put = Tensor.add_ if r or accumulate else Tensor.copy_
     if m > 1:
         put(gx.narrow(1, 0, big_r).unflatten(1, (g, m - 1)), grad.narrow(1, r * c_in, m - 1).unsqueeze(1) / g)
     if m:
@@ -304,3 +307,70 @@ def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias:
     """
     return _DABConv.apply(x, k, b, a, weight, bias, list(stride), list(padding), list(dilation), transposed,
                           list(output_padding), groups)
+
+
+class _BiDenseUnit(Function):
+    @staticmethod
+    def forward(ctx, x, k, b, a, weight, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum,
+                eps, bypass, stride, padding, dilation, transposed, output_padding, groups):
+        xb, mean, beta, alpha, mad = _dab_stats(x, k, b, a, (2, 3))
+        wb = torch.sign(weight).mul_(_weight_scale(weight))
+        conv = (stride, padding, dilation, transposed, output_padding, groups)
+        z = torch.ops.aten.convolution(xb, wb, bias, *conv)
+        del xb
+        out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(z, bn_weight, bn_bias, running_mean,
+                                                                       running_var, bn_training, momentum, eps)
+        if bypass:
+            _cfb_into(out, x, accumulate=True)
+        stats = (None, None) if bn_training else (running_mean.clone(), running_var.clone())
+        ctx.save_for_backward(x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, *stats)
+        ctx.conv, ctx.bn = conv, (bn_training, eps)
+        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.shapes, ctx.bypass = (k.shape, b.shape, a.shape), bypass
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, r_mean, r_var = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad = grad.contiguous()
+        gz, gbn_w, gbn_b = torch.ops.aten.native_batch_norm_backward(
+            grad, z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
+            [True, needs[6], needs[7]])
+        need_x = any(needs[:4])
+        buf = torch.sub(x, beta)
+        xb = torch.sign(buf, out=buf).mul_(alpha)
+        wb = torch.sign(weight).mul_(_weight_scale(weight))
+        gxb, gwb, gbias = torch.ops.aten.convolution_backward(gz, xb, wb, ctx.bias_shape, *ctx.conv,
+                                                              [need_x, needs[4], needs[5]])
+        del gz
+        gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
+        rest = (gw, gbias, gbn_w, gbn_b, *([None] * 12))
+        if not need_x:
+            return None, None, None, None, *rest
+        sign_dot = None
+        if needs[3]:
+            n, c = xb.shape[:2]
+            sign_dot = torch.bmm(gxb.reshape(n * c, 1, -1), xb.reshape(n * c, -1, 1)).view(n, c, 1, 1).div_(alpha)
+        s = torch.sub(x, beta, out=buf)
+        gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, ctx.shapes, (True, *needs[1:4]))
+        if ctx.bypass:
+            _cfb_transpose(grad, gx, accumulate=True)
+        return (gx if needs[0] else None), gk, gb, ga, *rest
+
+
+def bidense_conv_bn(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None,
+                    bn_weight: Tensor | None, bn_bias: Tensor | None, running_mean: Tensor | None,
+                    running_var: Tensor | None, bn_training: bool, momentum: float, eps: float, bypass: bool = True,
+                    stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
+                    groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
+    """The whole BiDense unit, PAPER.md 1.3, as one autograd Function:
+    ``batch_norm(conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias) [+ CFB(x, C_out)]``.
+
+    ``batch_norm`` follows `torch.nn.functional.batch_norm` (``bn_training`` uses batch statistics and updates the
+    running ones with ``momentum``). Saves x, the conv output and per-channel statistics (what a float conv + BN
+    saves); the binary input is rebuilt in backward and the bypass gradient is added in place.
+    """
+    return _BiDenseUnit.apply(x, k, b, a, weight, bias, bn_weight, bn_bias, running_mean, running_var, bn_training,
+                              momentum, eps, bypass, list(stride), list(padding), list(dilation), transposed,
+                              list(output_padding), groups)

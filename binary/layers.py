@@ -13,6 +13,7 @@ from binary.base import BinaryLayer
 from binary.functional import (
     add_channel_adaptive_bypass_,
     approx_sign,
+    bidense_conv_bn,
     binarize_weight,
     binarize_weight_centered,
     dab,
@@ -120,19 +121,46 @@ class _BiDenseConvUnit(nn.Module):
 
     conv: BinaryConv2d | BinaryConvTranspose2d
 
-    def _binary_path(self, x: Tensor) -> Tensor:
+    def _conv_args(self) -> tuple:
         conv = self.conv
-        if not isinstance(self.binarizer, DAB):
-            return self.norm(conv(self.binarizer(x)))
         transposed = isinstance(conv, nn.ConvTranspose2d)
-        y = dab_conv2d(x, self.binarizer.k, self.binarizer.b, self.binarizer.a, conv.weight, conv.bias,
-                       conv.stride, conv.padding, conv.dilation, conv.groups, transposed,
-                       conv.output_padding if transposed else (0, 0))
-        return self.norm(y)
+        return (conv.stride, conv.padding, conv.dilation, conv.groups, transposed,
+                conv.output_padding if transposed else (0, 0))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._binary_path(x)
+        conv, bn, dab_ = self.conv, self.norm, self.binarizer
+        if not isinstance(dab_, DAB):
+            y = bn(conv(dab_(x)))
+        elif type(bn) is not nn.BatchNorm2d:  # e.g. SyncBatchNorm: fuse only the DAB and the conv
+            y = bn(dab_conv2d(x, dab_.k, dab_.b, dab_.a, conv.weight, conv.bias, *self._conv_args()))
+        else:
+            if self.bypass and x.dim() == 4:
+                _check_same_resolution(x, conv)
+            training = bn.training or bn.running_mean is None
+            momentum = 0.0 if bn.momentum is None else bn.momentum
+            if bn.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:
+                    momentum = 1.0 / float(bn.num_batches_tracked)
+            track = not bn.training or bn.track_running_stats
+            return bidense_conv_bn(x, dab_.k, dab_.b, dab_.a, conv.weight, conv.bias, bn.weight, bn.bias,
+                                   bn.running_mean if track else None, bn.running_var if track else None, training,
+                                   momentum, bn.eps, self.bypass, *self._conv_args())
         return add_channel_adaptive_bypass_(y, x) if self.bypass else y
+
+
+def _check_same_resolution(x: Tensor, conv: nn.Module) -> None:
+    h, w = x.shape[-2:]
+    out = []
+    for size, k, s, p, d, op in zip((h, w), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                    getattr(conv, "output_padding", (0, 0)), strict=True):
+        if isinstance(conv, nn.ConvTranspose2d):
+            out.append((size - 1) * s - 2 * p + d * (k - 1) + op + 1)
+        else:
+            out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    if tuple(out) != (h, w):
+        raise ValueError(f"CFB needs the same non-channel shape: conv output {tuple(out)} vs input {(h, w)} (use a "
+                         "resampling bypass for strided layers, or pad the conv)")
 
 
 class BiDenseConv2d(_BiDenseConvUnit):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.base import BinaryLayer
-from binary.functional import binarize_weight, channel_adaptive_bypass
+from binary.functional import binarize_weight, channel_adaptive_bypass, dab
 from binary.layers import (
     DAB,
     BiDenseConv2d,
@@ -188,3 +188,44 @@ def test_shift_sign_unit_is_not_fused():
     assert torch.allclose(unit(x), want, atol=1e-5)
     with pytest.raises(ValueError, match="available"):
         BiDenseConv2d(4, 4, 1, binarizer="xnor")
+
+
+@pytest.mark.parametrize("transposed,train,momentum", [(False, True, 0.1), (False, False, 0.1), (True, True, None),
+                                                      (False, True, None)])
+def test_fused_unit_matches_composition_values_grads_and_running_stats(transposed, train, momentum):
+    """The fused BiDense unit against DAB -> binary conv -> nn.BatchNorm2d -> + CFB built from separate pieces."""
+    torch.manual_seed(7)
+    cls = BiDenseConvTranspose2d if transposed else BiDenseConv2d
+    unit = cls(6, 9, 3, padding=1, bias=True).double()
+    unit.norm.momentum = momentum
+    for p in [*unit.binarizer.parameters(), unit.norm.weight, unit.norm.bias]:
+        nn.init.normal_(p, std=0.5)
+    ref_bn = nn.BatchNorm2d(9, momentum=momentum).double()
+    ref_bn.load_state_dict(unit.norm.state_dict())
+    unit.train(train)
+    ref_bn.train(train)
+    conv = F.conv_transpose2d if transposed else F.conv2d
+    x = torch.randn(3, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = [unit.binarizer.k, unit.binarizer.b, unit.binarizer.a, unit.conv.weight, unit.conv.bias]
+    for _ in range(2):  # two steps: running statistics and num_batches_tracked evolve alike
+        got = unit(x)
+        xb = dab(x, unit.binarizer.k, unit.binarizer.b, unit.binarizer.a, (2, 3))
+        want = ref_bn(conv(xb, binarize_weight(unit.conv.weight), unit.conv.bias, padding=1))
+        want = want + channel_adaptive_bypass(x, 9)
+        assert torch.allclose(got, want)
+    assert torch.allclose(unit.norm.running_mean, ref_bn.running_mean)
+    assert torch.allclose(unit.norm.running_var, ref_bn.running_var)
+    assert unit.norm.num_batches_tracked == ref_bn.num_batches_tracked
+    g = torch.randn_like(got)
+    grads_got = torch.autograd.grad(got, [x, *params, unit.norm.weight, unit.norm.bias], g)
+    grads_want = torch.autograd.grad(want, [x, *params, ref_bn.weight, ref_bn.bias], g)
+    for p, q in zip(grads_got, grads_want, strict=True):
+        assert torch.allclose(p, q)
+
+
+def test_shared_unit_runs_three_times_before_backward():
+    """The UperNet FPN smooth conv is one module applied three times (PAPER.md 1.5)."""
+    unit = BiDenseConv2d(4, 4, 3, padding=1)
+    xs = [torch.randn(2, 4, s, s, requires_grad=True) for s in (8, 4, 2)]
+    sum(unit(x).sum() for x in xs).backward()
+    assert all(x.grad is not None for x in xs) and unit.norm.num_batches_tracked == 3
