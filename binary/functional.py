@@ -56,9 +56,11 @@ def _dab_stats(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dims: tuple[int, ...]
     mean = x.mean(dims, keepdim=True)
     beta = k * mean + b
     s = x - beta
-    mad = torch.linalg.vector_norm(s, 1, dims, keepdim=True).div_(n)
+    out = torch.sign(s)
+    mad = s.mul_(out).sum(dims, keepdim=True).div_(n)  # s * sign(s) = |s|
+    del s
     alpha = torch.exp(a * (mad - 1.0))
-    return s.sign_().mul_(alpha), mean, beta, alpha, mad
+    return out.mul_(alpha), mean, beta, alpha, mad
 
 
 def _dab_backward(grad: Tensor, s: Tensor, mean: Tensor, alpha: Tensor, mad: Tensor, dims: tuple[int, ...],
@@ -73,7 +75,7 @@ def _dab_backward(grad: Tensor, s: Tensor, mean: Tensor, alpha: Tensor, mad: Ten
         if sign_dot is None:
             sign_dot = (grad * torch.sign(s)).sum(dims, keepdim=True)
         ga = (sign_dot * alpha * (mad - 1.0)).sum_to_size(a_shape)
-    gs = grad.mul_(torch.addcmul(2.0 * alpha, s.abs_(), -2.0 * alpha, out=s).clamp_(min=0.0))
+    gs = grad.mul_(s.abs_().sub_(1.0).clamp_(max=0.0)).mul_(-2.0 * alpha)  # g * alpha * 2 * max(0, 1 - |s|)
     gk = gb = None
     if needs[1] or needs[2]:
         per_stat = gs.sum(dims, keepdim=True)
@@ -278,22 +280,27 @@ class _DABConv(Function):
     def backward(ctx, grad: Tensor):
         x, weight, mean, beta, alpha, mad = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        need_x = any(needs[:4])
-        buf = torch.sub(x, beta)
-        xb = torch.sign(buf, out=buf).mul_(alpha)
-        wb = torch.sign(weight).mul_(_weight_scale(weight))
-        gxb, gwb, gbias = torch.ops.aten.convolution_backward(
-            grad.contiguous(), xb, wb, ctx.bias_shape, *ctx.conv, [need_x, needs[4], needs[5]])
-        gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
-        if not need_x:
-            return None, None, None, None, gw, gbias, *([None] * 6)
-        sign_dot = None
-        if needs[3]:
-            n, c = xb.shape[:2]
-            sign_dot = torch.bmm(gxb.reshape(n * c, 1, -1), xb.reshape(n * c, -1, 1)).view(n, c, 1, 1).div_(alpha)
-        s = torch.sub(x, beta, out=buf)
-        gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, ctx.shapes, needs[:4])
-        return gx, gk, gb, ga, gw, gbias, *([None] * 6)
+        gx, gk, gb, ga, gw, gbias = _dab_conv_backward(grad.contiguous(), x, weight, mean, beta, alpha, mad,
+                                                       ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6])
+        return (gx if needs[0] else None), gk, gb, ga, gw, gbias, *([None] * 6)
+
+
+def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, conv, shapes, needs):
+    """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
+    Rebuilds the binary input from x; dL/dx is returned even when x does not need it (callers add the bypass)."""
+    need_x = any(needs[:4])
+    s = torch.sub(x, beta)
+    xb = torch.sign(s).mul_(alpha)
+    wb = torch.sign(weight).mul_(_weight_scale(weight))
+    gxb, gwb, gbias = torch.ops.aten.convolution_backward(grad_z, xb, wb, bias_shape, *conv,
+                                                          [need_x, needs[4], needs[5]])
+    gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
+    if not need_x:
+        return None, None, None, None, gw, gbias
+    sign_dot = xb.mul_(gxb).sum((2, 3), keepdim=True).div_(alpha) if needs[3] else None
+    del xb
+    gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, shapes, (True, *needs[1:4]))
+    return gx, gk, gb, ga, gw, gbias
 
 
 def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -337,23 +344,12 @@ class _BiDenseUnit(Function):
         gz, gbn_w, gbn_b = torch.ops.aten.native_batch_norm_backward(
             grad, z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
             [True, needs[6], needs[7]])
-        need_x = any(needs[:4])
-        buf = torch.sub(x, beta)
-        xb = torch.sign(buf, out=buf).mul_(alpha)
-        wb = torch.sign(weight).mul_(_weight_scale(weight))
-        gxb, gwb, gbias = torch.ops.aten.convolution_backward(gz, xb, wb, ctx.bias_shape, *ctx.conv,
-                                                              [need_x, needs[4], needs[5]])
+        gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, mean, beta, alpha, mad, ctx.bias_shape,
+                                                       ctx.conv, ctx.shapes, needs[:6])
         del gz
-        gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
         rest = (gw, gbias, gbn_w, gbn_b, *([None] * 12))
-        if not need_x:
+        if gx is None:
             return None, None, None, None, *rest
-        sign_dot = None
-        if needs[3]:
-            n, c = xb.shape[:2]
-            sign_dot = torch.bmm(gxb.reshape(n * c, 1, -1), xb.reshape(n * c, -1, 1)).view(n, c, 1, 1).div_(alpha)
-        s = torch.sub(x, beta, out=buf)
-        gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, ctx.shapes, (True, *needs[1:4]))
         if ctx.bypass:
             _cfb_transpose(grad, gx, accumulate=True)
         return (gx if needs[0] else None), gk, gb, ga, *rest
