@@ -18,6 +18,7 @@ beside ours; its binary OPs fit a count near 448x448 and its FP32 OPs follow fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -58,10 +59,13 @@ def summarize(
     """
     method = get_method(binary_type)
     model = build_model(task, model_type, binary_type, **model_kwargs)
-    result = summary(model, (1, 3, *input_hw), print_table=print_table).to_dict()
-    result.pop("rows")
+    counted = summary(model, (1, 3, *input_hw), print_table=False)
     if not method.binary:
-        result["params_paper"], result["params_paper_k"] = result["params"], result["params_k"]
+        counted = dataclasses.replace(counted, classifier=None, params_paper=counted.params)
+    if print_table:
+        print(counted)
+    result = counted.to_dict()
+    result.pop("rows")
     result.update(task=task, model_type=model_type, binary_type=binary_type)
     return result
 
