@@ -6,7 +6,9 @@ authors' profiling input 1x3x480x480 (one forward pass each, in a module-scoped 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 
 import pytest
@@ -17,9 +19,17 @@ ADE20K, VOC = 151, 22
 
 
 @pytest.fixture(scope="module")
-def at_480() -> dict[str, dict]:
-    return {name: summarize("segmentation", "upernet", name, (480, 480), num_classes=ADE20K)
-            for name in ("bidense", "fp32_0")}
+def at_480(tmp_path_factory) -> dict[str, dict]:
+    """fp32_0 through `summarize`, bidense through the CLI on an ADE20K config (default crop 480)."""
+    config = tmp_path_factory.mktemp("segmentation") / "upernet_bidense_ade20k.yaml"
+    config.write_text("DATASET:\n  DATASET: 'ade20k'\nMODEL:\n  MODEL_TYPE: 'upernet'\n  BINARY_TYPE: 'bidense'\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(config), "--json"]) == 0
+    return {
+        "bidense": json.loads(out.getvalue()),
+        "fp32_0": summarize("segmentation", "upernet", "fp32_0", (480, 480), num_classes=ADE20K),
+    }
 
 
 @functools.cache
@@ -63,6 +73,8 @@ def test_bidense_ops_at_480(at_480: dict[str, dict]) -> None:
     assert result["float_macs"] / 1e9 == pytest.approx(4.520, rel=5e-3)
     assert result["binary_macs"] / 1e9 == pytest.approx(64.81, rel=5e-3)
     assert result["ops_g"] == pytest.approx(5.532, rel=5e-3)
+    assert result["params_k"] == pytest.approx(1_644.7, abs=0.05)
+    assert result["table1"] == {"row": "BiDense (Ours)", "params_k": 1_626, "ops_g": 5.37}
 
 
 def test_fp32_0_ops_at_480(at_480: dict[str, dict]) -> None:
