@@ -99,6 +99,19 @@ def test_fp32_0_block_against_reference() -> None:
     torch.testing.assert_close(block(x), expected)
 
 
+def test_bypass_block_has_no_explicit_residual_and_no_conv_bias() -> None:
+    """bidense block: pw2(act(pw1(dw(x)))), the residual paths inside the units; convs without bias (PAPER 1.5)."""
+    torch.manual_seed(0)
+    model = models.build_model("segmentation", "upernet", "bidense", num_classes=3).eval()
+    block = model.backbone.stages[1][0]
+    x = torch.randn(2, 192, 6, 6)
+    expected = block.pwconv2(block.act(block.pwconv1(block.dwconv(x))))
+    torch.testing.assert_close(block(x), expected)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and isinstance(m, BinaryLayer)]
+    assert convs and all(m.bias is None for m in convs)
+    assert not any(isinstance(m, (nn.LayerNorm, nn.GELU)) for m in model.modules())
+
+
 _SLOTS = re.compile(
     r"backbone\.downsample_layers\.\d+|backbone\.stages\.\d+\.\d+\.(dwconv|pwconv1|act|pwconv2)"
     r"|psp\.stages\.\d+\.\d+|psp\.bottleneck\.\d+|fpn\.(laterals|smooth)\.\d+|fpn\.fusion\.\d+"
