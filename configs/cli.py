@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from configs.loading import ConfigError
+from datasets.io import DataError
 
 DEBUG_ENV = "BIDENSE_DEBUG"
 
@@ -124,6 +125,8 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
             argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run ``main``; any error becomes one line on stderr and exit status 1.
 
+    Configuration and data errors print their message; anything else also names its exception type.
+
     ``--debug`` or ``BIDENSE_DEBUG=1`` re-raises instead, showing the traceback.
     """
     args = parser.parse_intermixed_args(argv)
@@ -135,7 +138,8 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     except Exception as err:
         if debug:
             raise
-        hint = "" if isinstance(err, ConfigError) else f" ({type(err).__name__}; --debug shows the traceback)"
+        user_error = isinstance(err, ConfigError | DataError)
+        hint = "" if user_error else f" ({type(err).__name__}; --debug shows the traceback)"
         print(f"{parser.prog}: error: {_first_line(err)}{hint}", file=sys.stderr)
         sys.exit(1)
 

@@ -21,7 +21,8 @@ from yacs.config import CfgNode
 from configs.cli import Devices, check_checkpoint_matches, load_checkpoint, parse_gpus
 from configs.loading import ConfigError, load_config
 from configs.trainer import build_trainer, run_dir, save_config, seed_everything
-from datasets import build_datamodule
+from datasets import build_datamodule, list_datasets
+from models import list_models, supported_methods
 
 
 class TaskModule(Protocol):
@@ -40,19 +41,20 @@ class TaskModule(Protocol):
 def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
     """Train as the command line asks; returns the run folder."""
     cfg = load_config(task, args.config, args.overrides)
+    check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
     if args.resume and args.weights:
         raise ConfigError("--resume and --weights exclude each other (--resume restores the weights too)")
+    start = args.resume or args.weights
+    ckpt = load_checkpoint(start) if start else None
+    if ckpt is not None:
+        check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
+    datamodule = build_datamodule(cfg, task)
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)
     module = module_cls.from_config(cfg)
-    start = args.resume or args.weights
-    if start:
-        ckpt = load_checkpoint(start)
-        check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
-        if args.weights:
-            module.load_state_dict(ckpt["state_dict"])
-    datamodule = build_datamodule(cfg, task)
+    if ckpt is not None and args.weights:
+        module.load_state_dict(ckpt["state_dict"])
     folder = run_dir(cfg, args.config)
     monitor, eval_freq = module_cls.validation_plan(cfg)
     trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
@@ -66,13 +68,14 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
 def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> dict[str, float]:
     """Evaluate ``args.checkpoint`` on the evaluation set of ``args.config``; print and save the metrics."""
     cfg = load_config(task, args.config, args.overrides)
+    check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
-    _notice(devices)
     ckpt = load_checkpoint(args.checkpoint)
     check_checkpoint_matches(ckpt, args.checkpoint, module_cls.identity(cfg))
+    datamodule = build_datamodule(cfg, task)
+    _notice(devices)
     module = module_cls.from_config(cfg, pretrained=False)
     module.load_state_dict(ckpt["state_dict"])
-    datamodule = build_datamodule(cfg, task)
     trainer = build_trainer(cfg, devices, None, None)
     logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {name.split("/", 1)[-1]: float(value) for name, value in logged.items()}
@@ -89,6 +92,21 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {out}")
     return metrics
+
+
+def check_names(cfg: CfgNode, task: str, config: str | Path) -> None:
+    """ConfigError unless DATASET.DATASET, MODEL.MODEL_TYPE and MODEL.BINARY_TYPE name registered entries."""
+    checks = [
+        ("DATASET.DATASET", cfg.DATASET.DATASET, list_datasets(task)),
+        ("MODEL.MODEL_TYPE", cfg.MODEL.MODEL_TYPE, list_models()),
+    ]
+    for key, value, valid in checks:
+        if value not in valid:
+            raise ConfigError(f"config {config}: {key} {value!r} is unknown for {task}; valid: {', '.join(valid)}")
+    methods = supported_methods(cfg.MODEL.MODEL_TYPE)
+    if cfg.MODEL.BINARY_TYPE not in methods:
+        raise ConfigError(f"config {config}: MODEL.BINARY_TYPE {cfg.MODEL.BINARY_TYPE!r} is not defined for "
+                          f"{cfg.MODEL.MODEL_TYPE}; valid: {', '.join(methods)}")
 
 
 def format_table(metrics: dict[str, float], title: str) -> str:

@@ -1,0 +1,194 @@
+"""End to end from the command line on the demo set: train, resume, test, DDP on the CPU, one-line errors.
+
+Each script runs in a subprocess as a user would run it, with tiny overrides (32-pixel crops, a few steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
+DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
+STEPS = 3  # training batches per epoch
+
+
+def run(script: str, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("BIDENSE_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if expect_ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def tiny(data: Path, out: Path) -> list[str]:
+    """Overrides that make the segmentation demo a seconds-long run."""
+    return ["DATASET.DATA_PATH", str(data), "OUTPUT_DIR", str(out), "DATASET.BASE_SIZE", "32",
+            "DATASET.CROP_SIZE", "32", "TRAINING.BATCH_SIZE", "4", "TRAINING.BATCH_SIZE_ON_1_GPU", "4",
+            "TRAINING.LIMIT_TRAIN_BATCHES", str(STEPS), "TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.NUM_THREADS",
+            "0", "TRAINING.LOG_EVERY_N_STEPS", "1", "TRAINING.MAX_LR", "1e-3"]
+
+
+def read_csv(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_values(rows: list[dict[str, str]], key: str) -> dict[int, float]:
+    return {int(r["epoch"]): float(r[key]) for r in rows if r.get(key) and r.get("epoch")}
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict[str, Path]:
+    """Two epochs of a three-epoch schedule (STOP_AT_EPOCH 2), then --resume for the last epoch."""
+    out = tmp_path_factory.mktemp("runs")
+    first = run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
+                "TRAINING.STOP_AT_EPOCH", "2")
+    run_a = out / "upernet_bidense_demo" / "version_0"
+    assert f"run folder: {run_a}" in first.stdout
+    run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
+        "--resume", str(run_a / "checkpoints" / "last.ckpt"))
+    return {"a": run_a, "b": out / "upernet_bidense_demo" / "version_1", "data": data, "out": out}
+
+
+def test_training_writes_run_folder_and_loss_falls(trained):
+    run_a = trained["a"]
+    ckpts = sorted(p.name for p in (run_a / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(name.startswith("best-epoch") for name in ckpts)
+    assert "DATASET: demo" in (run_a / "config.yaml").read_text()
+    assert list(run_a.glob("events.out.tfevents.*"))
+    rows = read_csv(run_a)
+    assert len([r for r in rows if r.get("train/loss_step")]) == 2 * STEPS
+    epoch_loss = epoch_values(rows, "train/loss_epoch")
+    assert sorted(epoch_loss) == [0, 1] and epoch_loss[1] < epoch_loss[0]
+    miou = epoch_values(rows, "valid/mIoU")
+    assert sorted(miou) == [0, 1] and all(0.0 <= v <= 1.0 for v in miou.values())
+    ckpt = torch.load(run_a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * STEPS
+    assert ckpt["hyper_parameters"]["binary_type"] == "bidense" and ckpt["hyper_parameters"]["num_classes"] == 7
+
+
+def test_resume_continues_the_schedule(trained):
+    """The resumed run trains epoch 2 only, from global step 2 x STEPS, at OneCycleLR's epoch-2 learning rate."""
+    rows = read_csv(trained["b"])
+    assert sorted(epoch_values(rows, "valid/mIoU")) == [2]
+    ckpt = torch.load(trained["b"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * STEPS
+    lr_logged = [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")]
+    opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, epochs=3, steps_per_epoch=1)
+    for _ in range(2):
+        opt.step()
+        schedule.step()
+    assert lr_logged and lr_logged[0] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+
+
+def test_test_script_writes_json_and_ddp_matches_one_process(trained):
+    """mIoU accumulated over the whole set is the same with one process and with two DDP processes."""
+    ckpt = trained["b"] / "checkpoints" / "last.ckpt"
+    args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0"]
+    single = run("test_segmentation.py", *args, "--cpu-processes", "1")
+    assert "mIoU" in single.stdout
+    result = json.loads(ckpt.with_name("last.test.json").read_text())
+    one = result["metrics"]
+    assert 0.0 <= one["mIoU"] <= 1.0 and 0.0 < one["pixAcc"] <= 1.0 and result["epoch"] == 2
+    run("test_segmentation.py", *args, "--cpu-processes", "2")
+    two = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
+    for key in ("mIoU", "pixAcc", "mIoU_present"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_checkpoint_for_another_model_is_refused(trained):
+    ckpt = trained["a"] / "checkpoints" / "last.ckpt"
+    proc = run("test_segmentation.py", SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]),
+               "MODEL.BINARY_TYPE", "react", expect_ok=False)
+    line = one_line_error(proc)
+    assert "does not match the config" in line and "binary_type 'bidense' vs 'react'" in line
+
+
+def test_unknown_key_fails_in_one_line_from_the_shell(tmp_path):
+    proc = run("train_segmentation.py", SEG_DEMO, "OUTPUT_DIR", str(tmp_path), "TRAINING.MAX_LRR", "1",
+               expect_ok=False)
+    assert proc.returncode == 1
+    assert one_line_error(proc) == ("train_segmentation.py: error: command-line override: unknown key "
+                                    "TRAINING.MAX_LRR (did you mean TRAINING.MAX_LR?)")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("train_segmentation", [SEG_DEMO, "TRAINING.MAX_LR"], "overrides must be KEY VALUE pairs"),
+        ("train_segmentation", [SEG_DEMO, "--gpus", "0,,1"], "expected comma-separated GPU indices"),
+        ("train_segmentation", [SEG_DEMO, "--gpus", "a"], "expected comma-separated GPU indices"),
+        ("train_segmentation", [SEG_DEMO, "MODEL.BINARY_TYPE", "bidence"], "bidence"),
+        ("train_segmentation", [SEG_DEMO, "MODEL.MODEL_TYPE", "segformer"], "segformer"),
+        ("train_segmentation", [SEG_DEMO, "DATASET.DATASET", "cityscapes"], "cityscapes"),
+        ("train_depth", ["nope.yaml"], "config file nope.yaml not found"),
+        ("train_depth", [DEPTH_DEMO, "--resume", "missing.ckpt"], "checkpoint missing.ckpt not found"),
+        ("test_depth", [DEPTH_DEMO, "missing.ckpt"], "checkpoint missing.ckpt not found"),
+    ],
+)
+def test_bad_input_fails_in_one_line(script, args, message, tmp_path, monkeypatch, capsys):
+    """In-process (fast): exit status 1, one line on stderr naming the culprit, nothing written."""
+    if "--gpus" in args and torch.cuda.is_available():
+        pytest.skip("runs where no GPU is visible")
+    module = importlib.import_module(script)
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("BIDENSE_RUN_DIR", raising=False)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *args, "OUTPUT_DIR", str(tmp_path), "DATASET.DATA_PATH",
+                                      str(tmp_path / "data")])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cuda_asked_where_none(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["test_depth.py", DEPTH_DEMO, "x.ckpt", "--gpus", "0"])
+    module = importlib.import_module("test_depth")
+    with pytest.raises(SystemExit):
+        module.main()
+    assert "--gpus 0: no CUDA GPU is visible on this machine" in capsys.readouterr().err
+
+
+def test_depth_train_then_test(data, tmp_path):
+    overrides = ["DATASET.DATA_PATH", str(data), "OUTPUT_DIR", str(tmp_path), "DATASET.INPUT_HEIGHT", "32",
+                 "DATASET.INPUT_WIDTH", "32", "TRAINING.BATCH_SIZE_ON_1_GPU", "2", "TRAINING.BATCH_SIZE", "2",
+                 "TRAINING.LIMIT_TRAIN_BATCHES", "2", "TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.NUM_EPOCHS", "1",
+                 "TRAINING.NUM_THREADS", "0"]
+    run("train_depth.py", DEPTH_DEMO, *overrides)
+    folder = tmp_path / "upernet_bidense_demo" / "version_0"
+    assert 0.0 <= epoch_values(read_csv(folder), "valid/d1")[0] <= 1.0
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    proc = run("test_depth.py", DEPTH_DEMO, str(ckpt), *overrides)
+    metrics = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
+    assert {"d1", "d2", "d3", "abs_rel", "rmse"} <= set(metrics) and "d1" in proc.stdout
+    assert metrics["d1"] <= metrics["d2"] <= metrics["d3"] <= 1.0
