@@ -2,8 +2,9 @@
 
 A config's file name is ``{model}_{method}_{dataset}.yaml`` and must agree with ``MODEL.MODEL_TYPE``,
 ``MODEL.BINARY_TYPE`` and ``DATASET.DATASET``; its folder (``segmentation`` / ``depth``) is its task.  Each
-(task, model, method) combination is built once, without a forward pass, and its final prediction conv is checked
-against ``MODEL.NUM_CLASSES`` (segmentation) or a single depth channel.
+(task, model, method) combination is built once (ADE20K head for segmentation), without a forward pass, and its
+final prediction conv is checked (151 classes, or a single depth channel); ``MODEL.NUM_CLASSES`` is checked against
+its data set.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def _split_name(path: Path, datasets: list[str]) -> tuple[str, str, str]:
 
 
 @functools.cache
-def _classifier(task: str, model_type: str, binary_type: str, num_classes: int | None) -> nn.Conv2d:
-    kwargs = {"num_classes": num_classes} if task == "segmentation" else {"max_depth": 10.0}
+def _prediction_channels(task: str, model_type: str, binary_type: str) -> int:
+    kwargs = {"num_classes": NUM_CLASSES["ade20k"]} if task == "segmentation" else {"max_depth": 10.0}
     model = build_model(task, model_type, binary_type, **kwargs)
-    return model.get_submodule(model.classifier_name)
+    classifier: nn.Conv2d = model.get_submodule(model.classifier_name)
+    return classifier.out_channels
 
 
 def test_every_task_folder_has_configs() -> None:
@@ -68,13 +70,12 @@ def test_config_loads_and_names_what_it_builds(path: Path) -> None:
     if task == "segmentation":
         assert (cfg.DATASET.CROP_SIZE, cfg.DATASET.CROP_SIZE) == CROP.get(dataset, (cfg.DATASET.CROP_SIZE,) * 2)
         assert cfg.MODEL.NUM_CLASSES == NUM_CLASSES[dataset]
-        classifier = _classifier(task, model, method, cfg.MODEL.NUM_CLASSES)
-        assert classifier.out_channels == cfg.MODEL.NUM_CLASSES
+        assert _prediction_channels(task, model, method) == NUM_CLASSES["ade20k"]
     else:
         size = (cfg.DATASET.INPUT_HEIGHT, cfg.DATASET.INPUT_WIDTH)
         assert size == CROP.get(dataset, size)
         assert cfg.MODEL.MAX_DEPTH == MAX_DEPTH[dataset]
-        assert _classifier(task, model, method, None).out_channels == 1
+        assert _prediction_channels(task, model, method) == 1
 
 
 @pytest.mark.parametrize(
