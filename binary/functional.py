@@ -1,9 +1,9 @@
 """Functional core of BiDense (PAPER.md sections 1.1, 1.2, 1.4 and 8): ApproxSign, the DAB, binary weights,
-the channel-adaptive bypass (CFB) and the fused DAB + binary convolution used by the BiDense conv units.
+the channel-adaptive bypass (CFB), and the fused BiDense unit (DAB -> binary conv [-> BatchNorm -> + CFB]).
 
 Every function here is a `torch.autograd.Function` that saves only what its backward needs: the DAB and the fused
-conv keep the real-valued input plus per-(sample, channel) statistics and rebuild the binary input in backward;
-the CFB saves nothing.
+functions keep the real-valued input plus per-(sample, channel) statistics and rebuild the binary input in
+backward (so a BiDense unit saves what a float conv + BN saves); the CFB saves nothing.
 """
 
 from __future__ import annotations
@@ -263,11 +263,85 @@ def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
     return _AddCFB.apply(y, x, dim % y.dim())
 
 
+_BLOCK_ELEMENTS = 1 << 20  # elements per cache block of the fused NCHW passes (4 MiB of float32)
+
+
+def _block_rows(rows: int, row_len: int) -> int:
+    """Rows per block of the fused DAB passes. Single-threaded, the chain of elementwise ops runs block by block
+    (about `_BLOCK_ELEMENTS` elements) so that it re-reads cache, not memory; with several threads every op is one
+    parallel region whose synchronisation costs more than cache blocking saves, so the whole tensor is one block."""
+    if torch.get_num_threads() > 1:
+        return max(rows, 1)
+    return min(max(rows, 1), max(1, _BLOCK_ELEMENTS // max(row_len, 1)))
+
+
+def _blocks(rows: int, row_len: int):
+    """Row ranges of `_block_rows` rows covering ``rows``."""
+    step = _block_rows(rows, row_len)
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
+
+
+def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
+    """`_dab_stats` over (2, 3) for a contiguous NCHW tensor, blocked over (sample, channel) rows."""
+    n, c = x.shape[:2]
+    xr = x.view(n * c, -1)
+    hw = xr.shape[1]
+    mean = xr.mean(1, keepdim=True)
+    beta = (k.reshape(1, c) * mean.view(n, c) + b.reshape(1, c)).reshape(n * c, 1)
+    a_rows = a.reshape(1, c).expand(n, c).reshape(n * c, 1)
+    out = torch.empty_like(xr)
+    mad = torch.empty_like(mean)
+    alpha = torch.empty_like(mean)
+    tmp = torch.empty(_block_rows(n * c, hw), hw, dtype=x.dtype, device=x.device)
+    for i, j in _blocks(n * c, hw):
+        o, t = out[i:j], tmp[: j - i]
+        torch.sub(xr[i:j], beta[i:j], out=o)
+        torch.sign(o, out=t)
+        torch.sum(o.mul_(t), 1, keepdim=True, out=mad[i:j])  # s * sign(s) = |s|
+        torch.exp(a_rows[i:j] * (mad[i:j].div_(hw) - 1.0), out=alpha[i:j])
+        torch.mul(t, alpha[i:j], out=o)
+    stat = (n, c, 1, 1)
+    return out.view_as(x), mean.view(stat), beta.view(stat), alpha.view(stat), mad.view(stat)
+
+
+def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
+    """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block."""
+    xr = x.view(beta.numel(), -1)
+    beta_r, alpha_r = beta.view(-1, 1), alpha.view(-1, 1)
+    out = torch.empty_like(xr)
+    for i, j in _blocks(*xr.shape):
+        torch.sub(xr[i:j], beta_r[i:j], out=out[i:j]).sign_().mul_(alpha_r[i:j])
+    return out.view_as(x)
+
+
+def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: Tensor, alpha: Tensor, mad: Tensor,
+                       shapes: tuple, needs: Sequence[bool]):
+    """`_dab_backward` for contiguous NCHW tensors, block by block; consumes ``gxb`` (becomes dL/dx) and ``xb``."""
+    k_shape, b_shape, a_shape = shapes
+    rows = beta.numel()
+    gr, xbr, xr = gxb.view(rows, -1), xb.view(rows, -1), x.view(rows, -1)
+    beta_r, scale = beta.view(-1, 1), (-2.0 * alpha).view(-1, 1)
+    sign_dot, per_stat = torch.empty_like(beta_r), torch.empty_like(beta_r)
+    for i, j in _blocks(*gr.shape):
+        g, o = gr[i:j], xbr[i:j]
+        if needs[3]:
+            torch.sum(o.mul_(g), 1, keepdim=True, out=sign_dot[i:j])
+        torch.sub(xr[i:j], beta_r[i:j], out=o).abs_().sub_(1.0).clamp_(max=0.0)
+        g.mul_(o).mul_(scale[i:j])  # g * alpha * 2 * max(0, 1 - |s|)
+        torch.sum(g, 1, keepdim=True, out=per_stat[i:j])
+    per_stat = per_stat.view_as(beta)
+    ga = (sign_dot.view_as(alpha) * (mad - 1.0)).sum_to_size(a_shape) if needs[3] else None
+    gk = (per_stat * mean).neg_().sum_to_size(k_shape) if needs[1] else None
+    gb = per_stat.neg().sum_to_size(b_shape) if needs[2] else None
+    return gxb, gk, gb, ga
+
+
 class _DABConv(Function):
     @staticmethod
     def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
-        dims = (2, 3)
-        xb, mean, beta, alpha, mad = _dab_stats(x, k, b, a, dims)
+        x = x.contiguous()
+        xb, mean, beta, alpha, mad = _dab_forward_nchw(x, k, b, a)
         wb = torch.sign(weight).mul_(_weight_scale(weight))
         y = torch.ops.aten.convolution(xb, wb, bias, stride, padding, dilation, transposed, output_padding, groups)
         ctx.save_for_backward(x, weight, mean, beta, alpha, mad)
@@ -289,17 +363,14 @@ def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, co
     """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
     Rebuilds the binary input from x; dL/dx is returned even when x does not need it (callers add the bypass)."""
     need_x = any(needs[:4])
-    s = torch.sub(x, beta)
-    xb = torch.sign(s).mul_(alpha)
+    xb = _dab_input_nchw(x, beta, alpha)
     wb = torch.sign(weight).mul_(_weight_scale(weight))
     gxb, gwb, gbias = torch.ops.aten.convolution_backward(grad_z, xb, wb, bias_shape, *conv,
                                                           [need_x, needs[4], needs[5]])
     gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
     if not need_x:
         return None, None, None, None, gw, gbias
-    sign_dot = xb.mul_(gxb).sum((2, 3), keepdim=True).div_(alpha) if needs[3] else None
-    del xb
-    gx, gk, gb, ga = _dab_backward(gxb, s, mean, alpha, mad, (2, 3), sign_dot, shapes, (True, *needs[1:4]))
+    gx, gk, gb, ga = _dab_backward_nchw(gxb.contiguous(), xb, x, mean, beta, alpha, mad, shapes, needs[:4])
     return gx, gk, gb, ga, gw, gbias
 
 
@@ -320,7 +391,8 @@ class _BiDenseUnit(Function):
     @staticmethod
     def forward(ctx, x, k, b, a, weight, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum,
                 eps, bypass, stride, padding, dilation, transposed, output_padding, groups):
-        xb, mean, beta, alpha, mad = _dab_stats(x, k, b, a, (2, 3))
+        x = x.contiguous()
+        xb, mean, beta, alpha, mad = _dab_forward_nchw(x, k, b, a)
         wb = torch.sign(weight).mul_(_weight_scale(weight))
         conv = (stride, padding, dilation, transposed, output_padding, groups)
         z = torch.ops.aten.convolution(xb, wb, bias, *conv)

@@ -167,8 +167,10 @@ class BiDenseConv2d(_BiDenseConvUnit):
     """The BiDense binary conv unit, PAPER.md 1.3: ``y = BN(BinaryConv2d(DAB(x))) + CFB(x, C_out)``.
 
     ``binarizer="shift_sign"`` replaces the DAB by `ShiftSign` (the `cfb` ablation).
-    The DAB and the binary conv run as one fused autograd Function (`binary.functional.dab_conv2d`) that saves
-    only x and per-channel statistics; the CFB is added in place into the BN output. With ``bypass=False`` the
+    With the DAB and a plain BatchNorm2d the whole unit runs as one autograd Function
+    (`binary.functional.bidense_conv_bn`) that saves what a float conv + BN saves (x, the conv output, per-channel
+    statistics) and rebuilds the binary input in backward; with another norm (e.g. SyncBatchNorm) only the DAB and
+    the conv are fused (`binary.functional.dab_conv2d`) and the norm module runs as usual. With ``bypass=False`` the
     unit returns ``BN(BinaryConv2d(DAB(x)))`` and the caller adds a resampled bypass (`BypassDown`).
     A bypass needs an output of the input's resolution: ``stride > 1`` with ``bypass=True`` is an error.
 

@@ -180,3 +180,24 @@ def test_fused_dab_conv_equals_composition(transposed, stride, groups, bias):
     g = torch.randn_like(want)
     for p, q in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g), strict=True):
         assert torch.allclose(p, q)
+
+
+@pytest.mark.parametrize("block", [1, 80, 1 << 20])
+def test_fused_dab_conv_blocked_passes(monkeypatch, block):
+    """The fused passes run in blocks of (sample, channel) rows; any block size (one row, a ragged last block,
+    everything at once) gives the same values and gradients."""
+    import binary.functional as fn
+
+    monkeypatch.setattr(fn, "_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # blocks are used single-threaded
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 4, 6, dtype=D, requires_grad=True)  # 15 rows of 24: blocks of 3 rows for 80
+    k, b, a = (torch.randn(1, 5, 1, 1, dtype=D).requires_grad_() for _ in range(3))
+    w = (torch.randn(7, 5, 3, 3, dtype=D) * 0.8).requires_grad_()
+    want = torch.nn.functional.conv2d(_dab_reference(x, k, b, a, (2, 3)), binarize_weight(w), padding=1)
+    got = dab_conv2d(x, k, b, a, w, None, (1, 1), (1, 1))
+    assert torch.allclose(got, want)
+    g = torch.randn_like(want)
+    for p, q in zip(torch.autograd.grad(got, [x, k, b, a, w], g), torch.autograd.grad(want, [x, k, b, a, w], g),
+                    strict=True):
+        assert torch.allclose(p, q)
