@@ -7,6 +7,11 @@
 
 from __future__ import annotations
 
+from math import prod
+
+import torch
+from torch import nn
+
 
 class BinaryLayer:
     """Mixin for a conv / transposed conv / linear module whose weight and input are binary.
@@ -16,3 +21,20 @@ class BinaryLayer:
     """
 
     weight_bits: int = 1
+
+
+def shape_macs(module: nn.Module, input: torch.Tensor, output: torch.Tensor) -> int:
+    """MACs of one call of a conv / transposed conv / linear ``module`` from its input and output shapes (thop
+    convention: bias adds nothing; batch included).
+
+    Convolution ``out_numel * in_channels / groups * prod(kernel_size)``; transposed convolution
+    ``in_numel * out_channels / groups * prod(kernel_size)`` (each input element meets every weight of its group);
+    linear ``out_numel * in_features``.
+    """
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return input.numel() * module.out_channels // module.groups * prod(module.kernel_size)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return output.numel() * module.in_channels // module.groups * prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    raise TypeError(f"shape_macs: {type(module).__name__} is not a conv, transposed conv or linear module")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binary.base import BinaryLayer
+from binary.base import BinaryLayer, shape_macs
 from binary.functional import (
     add_channel_adaptive_bypass_,
     approx_sign,
@@ -126,6 +126,11 @@ class _BiDenseConvUnit(nn.Module):
         transposed = isinstance(conv, nn.ConvTranspose2d)
         return (conv.stride, conv.padding, conv.dilation, conv.groups, transposed,
                 conv.output_padding if transposed else (0, 0))
+
+    def binary_macs(self, input: Tensor, output: Tensor) -> int:
+        """Binary MACs of one call: those of ``self.conv`` (the fused path runs its weights without calling it;
+        DAB, BN and the bypass are elementwise). Read by `binary.summary`."""
+        return shape_macs(self.conv, input, output)
 
     def forward(self, x: Tensor) -> Tensor:
         conv, bn, dab_ = self.conv, self.norm, self.binarizer

@@ -8,16 +8,18 @@ The counting convention is PAPER.md section 2 ("Params and OPs convention") as s
 * Params run over ``model.state_dict()``: BatchNorm running statistics and ``num_batches_tracked`` count, and a
   module registered under several names (the shared FPN smooth conv) counts once per name.  A weight is 1-bit
   when it is the ``weight`` of a `binary.base.BinaryLayer` module; every other entry is 32-bit (the strict
-  count, ``params``).  The authors' count (``params_paper``) also divides the entries of their final
-  full-precision classifier by 32; that quirk reproduces Table 1.
+  count, ``params``).  The authors' count (``params_paper``) of a model with binary weights also divides the
+  ``weight`` of their final full-precision classifier by 32 (it sits in their list of binary keys); that quirk
+  reproduces Table 1.  A float model's authors' count equals its strict count.
 * MACs follow thop (bias adds nothing) and are counted from one forward pass, every time a module runs:
   convolution ``out_numel * in_channels / groups * prod(kernel_size)``, transposed convolution
   ``in_numel * out_channels / groups * prod(kernel_size)`` (each input element meets every weight of its
   group), linear ``out_numel * in_features``, all for the given input shape, batch included.  A
-  `BinaryLayer`'s MACs are binary; it may define ``binary_macs(input, output) -> int`` (``input`` is its
-  first positional argument) to count its own work, which then replaces the shape formula.  Each module
-  counts only its own work: conv / linear children of a module are counted by their own hooks.  Matrix
-  products outside such modules (attention scores) and elementwise work (norms, activations) are not counted.
+  `BinaryLayer`'s MACs are binary.  Any module may define ``binary_macs(input, output) -> int`` (``input`` is
+  its first positional argument): it then owns every MAC of its call (a fused unit that runs its conv's weights
+  without calling the conv module), and hooks of the modules called inside it count nothing.  Otherwise conv /
+  linear children are counted by their own hooks.  Matrix products outside such modules (attention scores)
+  and elementwise work (norms, activations) are not counted.
 * Memory packs 1-bit weights (numel / 8 bytes) and stores every other entry in 4 bytes; the compression ratio
   is the all-32-bit memory over that.
 """
@@ -25,16 +27,13 @@ The counting convention is PAPER.md section 2 ("Params and OPs convention") as s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from math import prod
 
 import torch
 from torch import nn
 
-from binary.base import BinaryLayer
+from binary.base import BinaryLayer, shape_macs
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_COUNTED = _CONV + _CONV_TRANSPOSE + (nn.Linear,)
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
 @dataclass
@@ -66,7 +65,8 @@ class ModelSummary:
         binary_params: number of 1-bit weight entries.
         float_params: number of 32-bit state-dict entries.
         params: strict count, ``float_params + binary_params / 32``.
-        params_paper: the authors' count, ``params`` with the classifier's 32-bit entries also divided by 32.
+        params_paper: the authors' count, ``params`` with the classifier's weight also divided by 32 (models with
+            binary weights only).
         float_macs, binary_macs: MACs by precision over the forward pass.
         ops: ``float_macs + binary_macs / 64``.
         memory_kib: ``(binary_params / 8 + 4 * float_params) / 1024``.
@@ -131,15 +131,6 @@ class ModelSummary:
         return "\n".join([fmt(header), rule, *map(fmt, lines), rule, *totals])
 
 
-def _shape_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    """MACs of one conv / transposed conv / linear call from its shapes (thop convention, no bias)."""
-    if isinstance(module, _CONV_TRANSPOSE):
-        return inputs[0].numel() * module.out_channels // module.groups * prod(module.kernel_size)
-    if isinstance(module, _CONV):
-        return output.numel() * module.in_channels // module.groups * prod(module.kernel_size)
-    return output.numel() * module.in_features
-
-
 def _first_tensor(value: object) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
@@ -169,7 +160,8 @@ def summary(
     Args:
         model: any ``nn.Module`` whose forward takes one tensor.
         input_shape: input shape, batch included (e.g. ``(1, 3, 480, 480)``).
-        classifier: qualified name of the final full-precision classifier for ``params_paper``; None uses
+        classifier: qualified name of the final full-precision classifier whose weight ``params_paper`` divides
+            by 32 when the model has binary weights; None uses
             ``model.classifier_name`` when the model has one, else ``params_paper == params``.
         print_table: print the table and totals.
 
@@ -198,7 +190,9 @@ def summary(
         if isinstance(module, BinaryLayer) and isinstance(getattr(module, "weight", None), torch.Tensor)
     }
     classifier_params = 0
-    for key, value in model.state_dict().items():
+    state = model.state_dict()
+    has_binary = any(key in binary_keys for key in state)
+    for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
         row = rows[id(all_names[_owner(key, all_names)])]
@@ -206,17 +200,27 @@ def summary(
             row.binary_params += value.numel()
         else:
             row.float_params += value.numel()
-            if classifier is not None and (classifier == "" or key.startswith(classifier + ".")):
+            if has_binary and key == (f"{classifier}.weight" if classifier else "weight"):
                 classifier_params += value.numel()
+
+    owners_running = [0]  # depth of calls of modules that define binary_macs (they own the MACs inside)
+
+    def pre_hook(module: nn.Module, inputs: tuple) -> None:
+        if hasattr(module, "binary_macs"):
+            owners_running[0] += 1
 
     def hook(module: nn.Module, inputs: tuple, output: object) -> None:
         row = rows[id(module)]
         row.calls += 1
         binary = isinstance(module, BinaryLayer)
-        if binary and hasattr(module, "binary_macs"):
-            row.binary_macs += int(module.binary_macs(inputs[0] if inputs else None, output))
+        if hasattr(module, "binary_macs"):
+            owners_running[0] -= 1
+            if not owners_running[0]:
+                row.binary_macs += int(module.binary_macs(inputs[0] if inputs else None, output))
+        elif owners_running[0]:
+            return
         elif isinstance(module, _COUNTED):
-            macs = _shape_macs(module, inputs, _first_tensor(output))
+            macs = shape_macs(module, inputs[0], _first_tensor(output))
             if binary:
                 row.binary_macs += macs
             else:
@@ -229,6 +233,7 @@ def summary(
 
     modes = {module: module.training for module in all_names.values()}
     handles = [module.register_forward_hook(hook) for module in modes]
+    handles += [module.register_forward_pre_hook(pre_hook) for module in modes]
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     x = torch.randn(
         *input_shape,
@@ -248,7 +253,10 @@ def summary(
     kept = [
         row
         for _, module in model.named_modules()
-        if (row := rows[id(module)]).binary_params or row.float_params or isinstance(module, _COUNTED + (BinaryLayer,))
+        if (row := rows[id(module)]).binary_params
+        or row.float_params
+        or isinstance(module, _COUNTED + (BinaryLayer,))
+        or hasattr(module, "binary_macs")
     ]
     binary_params = sum(row.binary_params for row in kept)
     float_params = sum(row.float_params for row in kept)
