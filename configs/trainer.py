@@ -36,10 +36,10 @@ def run_dir(cfg: CfgNode, config_path: str | Path) -> Path:
     """The run folder ``OUTPUT_DIR/<config stem>/version_<n>`` (next free n), shared by every process of the run.
 
     The launching process picks it and exports it in ``BIDENSE_RUN_DIR``, which the DDP worker processes that
-    Lightning starts inherit. Under SLURM or torchrun (every process started from outside) the folder is named by
-    the job id so that all processes agree.
+    Lightning starts inherit (they have ``LOCAL_RANK`` set). Under SLURM or torchrun (every process started from
+    outside) the folder is named by the job id so that all processes agree.
     """
-    if os.environ.get(RUN_DIR_ENV):
+    if os.environ.get(RUN_DIR_ENV) and "LOCAL_RANK" in os.environ:
         return Path(os.environ[RUN_DIR_ENV])
     base = Path(cfg.OUTPUT_DIR) / Path(config_path).stem
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")

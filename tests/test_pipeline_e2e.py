@@ -22,8 +22,8 @@ DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch
 
 
-def run(script: str, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run(script: str, *args: str, expect_ok: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env_vars}
     env.pop("BIDENSE_RUN_DIR", None)
     proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -107,15 +107,20 @@ def test_resume_continues_the_schedule(trained):
 
 
 def test_test_script_writes_json_and_ddp_matches_one_process(trained):
-    """mIoU accumulated over the whole set is the same with one process and with two DDP processes."""
+    """mIoU accumulated over the whole set is the same with one process and with two DDP processes.
+
+    Batches of one image and one thread per process, so that both runs compute every image alike (a binary
+    network turns the last-bit differences of batched or multi-threaded convolutions into flipped signs).
+    """
     ckpt = trained["b"] / "checkpoints" / "last.ckpt"
-    args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0"]
-    single = run("test_segmentation.py", *args, "--cpu-processes", "1")
+    args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0",
+            "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
+    single = run("test_segmentation.py", *args, "--cpu-processes", "1", OMP_NUM_THREADS="1")
     assert "mIoU" in single.stdout
     result = json.loads(ckpt.with_name("last.test.json").read_text())
     one = result["metrics"]
     assert 0.0 <= one["mIoU"] <= 1.0 and 0.0 < one["pixAcc"] <= 1.0 and result["epoch"] == 2
-    run("test_segmentation.py", *args, "--cpu-processes", "2")
+    run("test_segmentation.py", *args, "--cpu-processes", "2", OMP_NUM_THREADS="1")
     two = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
     for key in ("mIoU", "pixAcc", "mIoU_present"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
