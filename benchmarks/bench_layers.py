@@ -79,17 +79,17 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
 
 def step_times(modules: list[nn.Module], x: torch.Tensor, reps: int) -> list[float]:
-    """Median seconds of forward + backward (input gradient included) of each module over ``reps`` runs after one
-    warm-up; the modules alternate run by run so that load from other processes hits them alike."""
+    """Median seconds of forward + backward (input gradient included) of each module over ``reps`` runs after two
+    warm-ups; the modules alternate run by run so that load from other processes hits them alike."""
     times: list[list[float]] = [[] for _ in modules]
-    for i in range(reps + 1):
+    for i in range(reps + 2):
         for module, bucket in zip(modules, times, strict=True):
             x.grad = None
             module.zero_grad(set_to_none=True)
             start = time.perf_counter()
             out = module(x)
             out.backward(torch.ones_like(out))
-            if i:
+            if i >= 2:
                 bucket.append(time.perf_counter() - start)
             del out
     return [statistics.median(t) for t in times]
@@ -110,7 +110,7 @@ def keep_freed_memory() -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per layer (after one warm-up)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per layer (after two warm-ups)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every spatial size (e.g. 0.5)")
