@@ -8,17 +8,15 @@ Builds ``MODEL.MODEL_TYPE`` with ``MODEL.BINARY_TYPE`` from a segmentation or de
     Params = 32-bit state-dict entries + 1-bit weights / 32          (strict count)
     OPs    = float MACs + binary MACs / 64
 
-The authors' count (``params_paper``) of a binary model also divides its final full-precision classifier by 32
-(the quirk that reproduces Table 1); a float model has no 1-bit weights in the authors' count, so there it equals
-the strict count.  Where Table 1 (ADE20K, UPerNet-ConvNeXt-T) has a row for the method, its figures are printed
-beside ours; its binary OPs fit a count near 448x448 and its FP32 OPs follow from no convention found
-(PAPER.md 8.10).
+The authors' count (``params_paper``) of a binary model also divides the weight of its final full-precision
+classifier by 32 (the quirk that reproduces Table 1); for a float model it equals the strict count.  Where
+Table 1 (ADE20K, UPerNet-ConvNeXt-T) has a row for the method, its figures are printed beside ours; its binary
+OPs fit a count near 448x448 and its FP32 OPs follow from no convention found (PAPER.md 8.10).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -26,7 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from binary import get_method
 from binary.summary import summary
 from models import build_model
 
@@ -53,15 +50,11 @@ def summarize(
     """Build the model and count it at ``1 x 3 x H x W``.
 
     Returns:
-        `binary.summary.ModelSummary.to_dict()` without the per-layer rows, with ``params_paper`` /
-        ``params_paper_k`` following the authors' count (equal to the strict count for a float model) and
-        ``task``, ``model_type``, ``binary_type`` added.
+        `binary.summary.ModelSummary.to_dict()` without the per-layer rows, with ``task``, ``model_type`` and
+        ``binary_type`` added.
     """
-    method = get_method(binary_type)
     model = build_model(task, model_type, binary_type, **model_kwargs)
     counted = summary(model, (1, 3, *input_hw), print_table=False)
-    if not method.binary:
-        counted = dataclasses.replace(counted, classifier=None, params_paper=counted.params)
     if print_table:
         print(counted)
     result = counted.to_dict()

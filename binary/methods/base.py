@@ -67,8 +67,9 @@ class Method:
 
     def down(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int = 0,
              role: str = "down") -> nn.Module:
-        """A strided conv unit that changes resolution by 1/stride (ConvNeXt transitions, DPT layer 4)."""
-        return self.conv(in_channels, out_channels, kernel_size, stride, padding, role=role)
+        """A strided conv unit that changes resolution by 1/stride (ConvNeXt transitions, DPT layer 4); its conv
+        is biased, as the released float mirror's transitions (methods drop the bias through ``conv``)."""
+        return self.conv(in_channels, out_channels, kernel_size, stride, padding, bias=True, role=role)
 
     def up(self, in_channels: int, out_channels: int, scale: int, role: str = "up") -> nn.Module:
         """A transposed-conv unit with kernel = stride = ``scale`` (DPT reassemble of layers 1 and 2)."""
@@ -79,8 +80,8 @@ class Method:
 
     def act(self, channels: int, role: str = "block") -> nn.Module:
         """The nonlinearity after a conv unit at ``role``: "block" (ConvNeXt MLP), "psp", "fusion",
-        "rcu" (DPT residual conv unit), "head"."""
-        return nn.ReLU(inplace=False) if role in ("head", "rcu") else nn.GELU()
+        "rcu" (DPT residual conv unit), "head". The float mirror: GELU in the blocks, ReLU elsewhere."""
+        return nn.GELU() if role == "block" else nn.ReLU()
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:
         """A linear layer on token tensors (B, N, C); ``role`` is "qkv", "proj", "fc1" or "fc2"."""

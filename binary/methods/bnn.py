@@ -27,10 +27,3 @@ class BNN(BinaryConvMethod):
     def has_bias(self, bias: bool, role: str) -> bool:
         return bias
 
-    def down(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int = 0,
-             role: str = "down") -> nn.Module:
-        """The strided conv unit; biased, as the authors' `HardBinaryConv2d` transitions."""
-        return self.conv(in_channels, out_channels, kernel_size, stride, padding, bias=True, role=role)
-
-    def act(self, channels: int, role: str = "block") -> nn.Module:
-        return nn.GELU() if role == "block" else nn.ReLU()

@@ -109,7 +109,9 @@ def test_hand_counted_totals():
 def test_rows():
     s = binary.summary(Toy(), INPUT, classifier="classifier", print_table=False)
     rows = {row.name: row for row in s.rows}
-    assert list(rows) == ["stem", "bn", "wrap", "wrap.conv", "wrap2", "wrap2.conv", "down", "shared", "grouped", "up", "fc", "classifier"]
+    assert list(rows) == [
+        "stem", "bn", "wrap", "wrap.conv", "wrap2", "wrap2.conv", "down", "shared", "grouped", "up", "fc", "classifier"
+    ]
     expected = {  # name: (class, 1-bit, 32-bit, float MACs, binary MACs, calls)
         "stem": ("Conv2d", 0, 4 * 3 * 9 + 4, STEM, 0, 1),
         "bn": ("BatchNorm2d", 0, BN_ENTRIES, 0, 0, 1),
