@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from configs.faults import RunFault
 from configs.loading import ConfigError
 from datasets.io import DataError
 
@@ -59,6 +60,8 @@ def build_parser(description: str, test: bool) -> argparse.ArgumentParser:
     if not test:
         parser.add_argument("--resume", default=None, metavar="CKPT", help="continue the full training state")
         parser.add_argument("--weights", default=None, metavar="CKPT", help="initialise the model weights only")
+        parser.add_argument("--allow-config-change", action="store_true",
+                            help="--resume even where the config differs from the checkpoint's (keys are listed)")
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)")
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="pairs overriding the YAML")
     return parser
@@ -138,7 +141,7 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     except Exception as err:
         if debug:
             raise
-        user_error = isinstance(err, ConfigError | DataError)
+        user_error = isinstance(err, ConfigError | DataError | RunFault)
         hint = "" if user_error else f" ({type(err).__name__}; --debug shows the traceback)"
         print(f"{parser.prog}: error: {_first_line(err)}{hint}", file=sys.stderr)
         sys.exit(1)

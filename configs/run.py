@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from yacs.config import CfgNode
 
 from configs.cli import Devices, check_checkpoint_matches, load_checkpoint, parse_gpus
+from configs.faults import check_resume_config
 from configs.loading import ConfigError, load_config
 from configs.trainer import build_trainer, run_dir, save_config, seed_everything
 from datasets import build_datamodule, list_datasets
@@ -49,6 +50,10 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     ckpt = load_checkpoint(start) if start else None
     if ckpt is not None:
         check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
+    if args.resume:
+        changes = check_resume_config(ckpt, args.resume, cfg, args.allow_config_change)
+        if changes and rank_zero_only.rank == 0:
+            print(f"resuming with a changed config (--allow-config-change): {'; '.join(changes)}")
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from yacs.config import CfgNode
 
 from configs.cli import Devices
+from configs.faults import AtomicCheckpointIO, ConfigRecorder, EpochSeed, NonFiniteLossGuard, RunFault
 
 RUN_DIR_ENV = "BIDENSE_RUN_DIR"
 
@@ -96,7 +97,8 @@ def build_trainer(
         dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor=monitor, mode="max", save_top_k=1 if monitor else 0, save_last=True,
     )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), NonFiniteLossGuard(),
+                 EpochSeed(cfg.RANDOM_SEED), ConfigRecorder(cfg)]
     loggers = [
         TensorBoardLogger(save_dir=folder.parent, name="", version=folder.name, default_hp_metric=False),
         CSVLogger(save_dir=folder.parent, name="", version=folder.name),
@@ -109,14 +111,19 @@ def build_trainer(
         log_every_n_steps=cfg.TRAINING.LOG_EVERY_N_STEPS,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         **common,
     )
 
 
 def save_config(cfg: CfgNode, folder: Path) -> Path:
-    """Write the merged config to ``folder/config.yaml`` (reloadable as a YAML config)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the merged config to ``folder/config.yaml`` (reloadable as a YAML config); RunFault if it cannot."""
     path = folder / "config.yaml"
-    path.write_text(cfg.dump())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(cfg.dump())
+    except OSError as err:
+        raise RunFault(f"cannot write the run folder {folder} (OUTPUT_DIR {cfg.OUTPUT_DIR}): "
+                       f"{err.strerror or err}: {err.filename or path}") from err
     return path
 

@@ -1,14 +1,18 @@
 """The LightningDataModule shared by both tasks: loaders from ``TRAINING.*``, unpadded evaluation under DDP.
 
 Train loader: shuffled, ``drop_last``, batch ``TRAINING.BATCH_SIZE_ON_1_GPU`` per process, ``TRAINING.NUM_THREADS``
-workers (persistent when > 0); under DDP Lightning inserts its shuffling `DistributedSampler`. Evaluation loader
-(validation and test are the same set, PAPER 3.5): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1
-(depth), and under several processes a `UnpaddedDistributedSampler`, so each image is evaluated exactly once.
+workers, started afresh each epoch; under DDP Lightning inserts its shuffling `DistributedSampler`. The training
+loader creates its iterator (shuffled order, worker seeds) at the first batch of an epoch, after the
+``on_train_epoch_start`` hooks (where `configs.faults.EpochSeed` seeds the epoch), never earlier: Lightning calls
+``iter()`` on it ahead of the first epoch of a process, so without this a run resumed at epoch e would draw its
+order before the seeding and see other batches than an uninterrupted run. Evaluation loader (validation and
+test are the same set, PAPER 3.5): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1 (depth), and under
+several processes a `UnpaddedDistributedSampler`, so each image is evaluated exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -16,6 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.io import DataError
 from datasets.samplers import UnpaddedDistributedSampler
+
+
+class _FirstBatchLoader(DataLoader):
+    """A DataLoader whose iterator is made at the first ``next()``, not at ``iter()`` (see the module docstring)."""
+
+    def __iter__(self) -> Iterator:
+        yield from super().__iter__()
 
 
 class DenseDataModule(L.LightningDataModule):
@@ -69,14 +80,14 @@ class DenseDataModule(L.LightningDataModule):
         trainer = self.trainer
         if not train and trainer is not None and trainer.world_size > 1:
             sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        return DataLoader(
+        return (_FirstBatchLoader if train else DataLoader)(
             dataset,
             batch_size=batch_size,
             shuffle=train,
             drop_last=train,
             sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -82,8 +82,9 @@ def test_training_writes_run_folder_and_loss_falls(trained):
     assert list(run_a.glob("events.out.tfevents.*"))
     rows = read_csv(run_a)
     assert len([r for r in rows if r.get("train/loss_step")]) == 2 * STEPS
-    epoch_loss = epoch_values(rows, "train/loss_epoch")
-    assert sorted(epoch_loss) == [0, 1] and epoch_loss[1] < epoch_loss[0]
+    assert sorted(epoch_values(rows, "train/loss_epoch")) == [0, 1]
+    val_loss = epoch_values(rows, "valid/loss")  # the same images each epoch (3 training batches are too noisy)
+    assert sorted(val_loss) == [0, 1] and val_loss[1] < val_loss[0]
     miou = epoch_values(rows, "valid/mIoU")
     assert sorted(miou) == [0, 1] and all(0.0 <= v <= 1.0 for v in miou.values())
     ckpt = torch.load(run_a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
