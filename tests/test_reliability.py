@@ -298,3 +298,29 @@ def test_config_comparison(tmp_path):
     assert check_resume_config({"bidense_config": yaml.safe_dump(stored)}, ckpt, changed, allow=True) == [
         "RANDOM_SEED 5 -> 1"]
     assert check_resume_config({}, tmp_path / "elsewhere" / "x.ckpt", changed, allow=False) == []
+
+
+def test_unreadable_yaml_is_a_one_line_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"TRAINING:\n  MAX_LR: 1e-4  # \xe9t\xe9\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("segmentation", path)
+    assert str(err.value).startswith(f"config file {path} cannot be read: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["--debug", "BIDENSE_DEBUG"])
+def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
+    """Without it the same error is one line and exit status 1 (tests/test_pipeline_e2e.py); with it, it raises."""
+    import train_segmentation
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("BIDENSE_DEBUG", raising=False)
+    args = [SEG_DEMO, "OUTPUT_DIR", str(tmp_path), "TRAINING.MAX_LRR", "1"]
+    if how == "--debug":
+        args.append("--debug")
+    else:
+        monkeypatch.setenv("BIDENSE_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["train_segmentation.py", *args])
+    with pytest.raises(ConfigError, match="unknown key TRAINING.MAX_LRR"):
+        train_segmentation.main()
+    assert not any(tmp_path.iterdir())
