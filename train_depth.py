@@ -20,7 +20,7 @@ from yacs.config import CfgNode
 
 from configs.cli import build_parser, run_cli
 from configs.run import fit
-from metrics import DepthMetric, silog_loss
+from metrics import DepthMetric, depth_crop, silog_loss
 from models import build_model
 from train_segmentation import denormalize
 
@@ -30,15 +30,6 @@ def loss_min_depth(cfg: CfgNode) -> float:
     if cfg.TRAINING.LOSS_MIN_DEPTH is not None:
         return float(cfg.TRAINING.LOSS_MIN_DEPTH)
     return 1.0 if cfg.DATASET.DATASET == "kitti" else 0.1
-
-
-def eval_crop(cfg: CfgNode) -> str | None:
-    """The evaluation crop of ``cfg``: "garg" (KITTI), "eigen" (NYU) or None."""
-    if cfg.ONLINE_EVAL.GARG_CROP:
-        return "garg"
-    if cfg.ONLINE_EVAL.EIGEN_CROP:
-        return "eigen"
-    return None
 
 
 def inverse_depth_image(depth: torch.Tensor) -> torch.Tensor:
@@ -74,7 +65,8 @@ class DepthModule(L.LightningModule):
         """The module of ``cfg``; ``pretrained=False`` skips loading MODEL.PRETRAINED (weights come from a ckpt)."""
         return cls(cfg.MODEL.MODEL_TYPE, cfg.MODEL.BINARY_TYPE, float(cfg.MODEL.MAX_DEPTH),
                    cfg.TRAINING.VARIANCE_FOCUS, loss_min_depth(cfg), cfg.ONLINE_EVAL.MIN_DEPTH_EVAL,
-                   float(cfg.ONLINE_EVAL.MAX_DEPTH_EVAL), eval_crop(cfg), cfg.TRAINING.MAX_LR,
+                   float(cfg.ONLINE_EVAL.MAX_DEPTH_EVAL),
+                   depth_crop(cfg.ONLINE_EVAL.EIGEN_CROP, cfg.ONLINE_EVAL.GARG_CROP), cfg.TRAINING.MAX_LR,
                    cfg.TRAINING.NUM_EPOCHS, cfg.TRAINING.WEIGHT_DECAY, cfg.MODEL.PRETRAINED if pretrained else "")
 
     @staticmethod
