@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from yacs.config import CfgNode
 
 from configs.cli import build_parser, run_cli
 from configs.run import fit
+from configs.task_module import DenseTaskModule, denormalize
 from metrics import DepthMetric, depth_crop, silog_loss
 from models import build_model
-from train_segmentation import denormalize
 
 
 def loss_min_depth(cfg: CfgNode) -> float:
@@ -39,7 +37,7 @@ def inverse_depth_image(depth: torch.Tensor) -> torch.Tensor:
     return inv / top if top > 0 else inv
 
 
-class DepthModule(L.LightningModule):
+class DepthModule(DenseTaskModule):
     """A depth model with its SILog loss, optimiser, schedule and per-image metrics averaged over the set.
 
     Args:
@@ -48,6 +46,8 @@ class DepthModule(L.LightningModule):
         min_depth_eval, max_depth_eval, crop: the evaluation protocol (PAPER.md 3.5).
         max_lr, epochs, weight_decay: AdamW + OneCycleLR (PAPER.md 3.4).
     """
+
+    main_metric = "d1"
 
     def __init__(self, model_type: str, binary_type: str, max_depth: float, variance_focus: float,
                  loss_min_depth: float, min_depth_eval: float, max_depth_eval: float, crop: str | None,
@@ -82,9 +82,6 @@ class DepthModule(L.LightningModule):
             return None, 0
         return "valid/d1", cfg.ONLINE_EVAL.EVAL_FREQ
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
-
     def _loss(self, pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
         return silog_loss(pred.float(), depth, hp.variance_focus, hp.loss_min_depth)
@@ -106,54 +103,16 @@ class DepthModule(L.LightningModule):
         if self._shown is None:
             self._shown = (image[0].detach(), depth[0].detach(), pred[0].detach())
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metric, "valid")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metric, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_metric.reset()
-        self._shown = None
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "valid")
-        if not self.trainer.sanity_checking:
-            self._log_images()
-        self._shown = None
-
-    def on_test_epoch_start(self) -> None:
-        self.test_metric.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")
-
-    def _log_metric(self, metric: DepthMetric, stage: str) -> None:
-        """Log the whole-set result (already averaged over the images of every process) under ``stage/``."""
-        for name, value in metric.compute().items():
-            if torch.as_tensor(value).numel() == 1:
-                self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
-                         prog_bar=name == "d1")
-        metric.reset()
-
     def _log_images(self) -> None:
         """Input, ground-truth and predicted inverse depth of the first validation image, to TensorBoard."""
-        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if board is None or self._shown is None or not self.trainer.is_global_zero:
+        board = self._tensorboard()
+        if board is None:
             return
         image, depth, pred = (t.cpu() for t in self._shown)
         step = self.global_step
         board.experiment.add_image("valid_viz/image", denormalize(image), step)
         board.experiment.add_image("valid_viz/depth_gt", inverse_depth_image(depth), step)
         board.experiment.add_image("valid_viz/depth_est", inverse_depth_image(pred), step)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (PAPER.md 3.4, 8.9)."""
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
-                                                        steps_per_epoch=1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def main() -> None:

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from yacs.config import CfgNode
 
 from configs.cli import build_parser, run_cli
 from configs.run import fit
-from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+from configs.task_module import DenseTaskModule, denormalize
 from metrics import SegmentationMetric
 from models import build_model
 
@@ -73,14 +71,7 @@ def palette(dataset: str, num_classes: int) -> np.ndarray:
     return colours
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised ``[3, H, W]`` -> RGB in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
-    return (image.float() * std + mean).clamp(0, 1)
-
-
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(DenseTaskModule):
     """A segmentation model with its loss, optimiser, schedule and whole-set metrics.
 
     Args:
@@ -88,6 +79,8 @@ class SegmentationModule(L.LightningModule):
         dataset: the data set name (palette of the logged images).
         max_lr, epochs, weight_decay: AdamW + OneCycleLR (PAPER.md 3.4).
     """
+
+    main_metric = "mIoU"
 
     def __init__(self, model_type: str, binary_type: str, num_classes: int, dataset: str, max_lr: float,
                  epochs: int, weight_decay: float = 0.01, pretrained: str = "") -> None:
@@ -120,9 +113,6 @@ class SegmentationModule(L.LightningModule):
         """(metric kept by the best checkpoint, validation period in epochs)."""
         return "valid/mIoU", cfg.TRAINING.EVAL_FREQ
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, mask = batch
         loss = self.criterion(self.model(image), mask)
@@ -140,40 +130,10 @@ class SegmentationModule(L.LightningModule):
         if self._shown is None:
             self._shown = (image[0].detach(), mask[0].detach(), pred[0].detach())
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metric, "valid")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metric, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_metric.reset()
-        self._shown = None
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "valid")
-        if not self.trainer.sanity_checking:
-            self._log_images()
-        self._shown = None
-
-    def on_test_epoch_start(self) -> None:
-        self.test_metric.reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")
-
-    def _log_metric(self, metric: SegmentationMetric, stage: str) -> None:
-        """Log the scalar entries of the whole-set result (already summed over processes) under ``stage/``."""
-        for name, value in metric.compute().items():
-            if torch.as_tensor(value).numel() == 1:
-                self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
-                         prog_bar=name == "mIoU")
-        metric.reset()
-
     def _log_images(self) -> None:
         """Input, colour-coded ground truth and prediction of the first validation image, to TensorBoard."""
-        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if board is None or self._shown is None or not self.trainer.is_global_zero:
+        board = self._tensorboard()
+        if board is None:
             return
         image, mask, pred = (t.cpu() for t in self._shown)
         colours = self._palette
@@ -181,14 +141,6 @@ class SegmentationModule(L.LightningModule):
         board.experiment.add_image("valid_viz/image", denormalize(image), step)
         board.experiment.add_image("valid_viz/mask_gt", colours[mask].permute(2, 0, 1), step)
         board.experiment.add_image("valid_viz/mask_est", colours[pred].permute(2, 0, 1), step)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (PAPER.md 3.4, 8.9)."""
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
-                                                        steps_per_epoch=1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def main() -> None:

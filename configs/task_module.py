@@ -1,0 +1,92 @@
+"""What the segmentation and depth LightningModules share: the evaluation lifecycle and the optimiser.
+
+A task module (`train_segmentation.SegmentationModule`, `train_depth.DepthModule`) holds ``model``,
+``val_metric`` and ``test_metric`` (torchmetrics, states summed across processes) and defines ``_evaluate``
+(one batch: log the loss, update the metric, keep the first sample in ``_shown``) and ``_log_images``. This base
+runs them: metrics are reset at each epoch start and computed once at its end over the whole set of every process
+(PAPER.md 3.5, 8.8); the optimiser is AdamW with OneCycleLR stepped once per epoch (PAPER.md 3.4, 8.9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import Metric
+
+from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised ``[3, H, W]`` -> RGB in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+    return (image.float() * std + mean).clamp(0, 1)
+
+
+class DenseTaskModule(L.LightningModule):
+    """Base of the task modules. Subclasses set ``main_metric`` (shown in the progress bar) and define
+    ``_evaluate(batch, metric, stage)`` and ``_log_images()``; hparams must hold ``max_lr``, ``epochs`` and
+    ``weight_decay``."""
+
+    main_metric: str
+    model: torch.nn.Module
+    val_metric: Metric
+    test_metric: Metric
+    _shown: tuple[torch.Tensor, ...] | None = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metric: Metric, stage: str) -> None:
+        raise NotImplementedError
+
+    def _log_images(self) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metric, "valid")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metric, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metric.reset()
+        self._shown = None
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "valid")
+        if not self.trainer.sanity_checking:
+            self._log_images()
+        self._shown = None
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def _log_metric(self, metric: Metric, stage: str) -> None:
+        """Log the scalar entries of the whole-set result (already reduced over every process) under ``stage/``."""
+        for name, value in metric.compute().items():
+            if torch.as_tensor(value).numel() == 1:
+                self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
+                         prog_bar=name == self.main_metric)
+        metric.reset()
+
+    def _tensorboard(self) -> TensorBoardLogger | None:
+        """The TensorBoard logger when there is one and this is the global-zero process with a sample to show."""
+        board = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None or self._shown is None or not self.trainer.is_global_zero:
+            return None
+        return board
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (PAPER.md 3.4, 8.9)."""
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
+                                                        steps_per_epoch=1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
