@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BypassDown, BypassUp, LearnableBias, RPReLU
+from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BypassDown, BypassUp
 from binary.methods import register
 from binary.methods.base import Method
+from binary.methods.react import react_act
 
 
 @register("bidense")
@@ -58,11 +59,7 @@ class BiDense(Method):
 
     def act(self, channels: int, role: str = "block") -> nn.Module:
         """"head": ReLU; "fusion": LearnableBias -> PReLU -> LearnableBias; otherwise LearnableBias -> PReLU."""
-        if role == "head":
-            return nn.ReLU()
-        if role == "fusion":
-            return RPReLU(channels)
-        return nn.Sequential(LearnableBias(channels), nn.PReLU(channels))
+        return react_act(channels, role)
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:
         """BiViT linear layers (PAPER.md 6.2): learnable scale in "qkv" and "proj", detached in "fc1"/"fc2"."""

@@ -102,6 +102,17 @@ class BinarizedConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
                                   self.padding, self.output_padding, self.groups, self.dilation)
 
 
+def react_act(channels: int, role: str) -> nn.Module:
+    """The ReActNet-style activation after a conv unit (BN is in the unit), shared by `react` and `bidense`
+    (PAPER.md 1.5, 4): "head" ReLU; "fusion" LearnableBias -> PReLU -> LearnableBias (RPReLU); elsewhere
+    LearnableBias -> PReLU."""
+    if role == "head":
+        return nn.ReLU()
+    if role == "fusion":
+        return RPReLU(channels)
+    return nn.Sequential(LearnableBias(channels), nn.PReLU(channels))
+
+
 class BinaryConvMethod(Method):
     """Skeleton of the sign-based CNN baselines on the `fp32_0`-style structure (PAPER.md section 4).
 
@@ -156,12 +167,7 @@ class ReAct(BinaryConvMethod):
         return bias and role == "rcu"
 
     def act(self, channels: int, role: str = "block") -> nn.Module:
-        """"head": ReLU; "fusion": LB -> PReLU -> LB (RPReLU); elsewhere LB -> PReLU (BN is in the unit)."""
-        if role == "head":
-            return nn.ReLU()
-        if role == "fusion":
-            return RPReLU(channels)
-        return nn.Sequential(LearnableBias(channels), nn.PReLU(channels))
+        return react_act(channels, role)
 
 
 class ReActDPT(ReAct):
