@@ -8,8 +8,8 @@ trained for another model, method or maximum depth than CONFIG is refused, namin
 
 from __future__ import annotations
 
-from configs.cli import build_parser, run_cli
-from configs.run import evaluate
+from engine.cli import build_parser, run_cli
+from engine.run import evaluate
 from train_depth import DepthModule
 
 

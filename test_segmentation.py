@@ -8,8 +8,8 @@ trained for another model, method or class count than CONFIG is refused, naming 
 
 from __future__ import annotations
 
-from configs.cli import build_parser, run_cli
-from configs.run import evaluate
+from engine.cli import build_parser, run_cli
+from engine.run import evaluate
 from train_segmentation import SegmentationModule
 
 

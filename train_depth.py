@@ -4,9 +4,9 @@
 
 Loss: SILog ``10 sqrt(mean(d^2) - lambda mean(d)^2)``, ``d = log(pred) - log(gt)`` over ground truth deeper than
 ``TRAINING.LOSS_MIN_DEPTH`` (default: 1.0 m for KITTI, 0.1 m otherwise), lambda = ``TRAINING.VARIANCE_FOCUS``
-(PAPER.md 3.3). Optimiser: AdamW + OneCycleLR stepped once per epoch (PAPER.md 3.4). Validation: delta1..3,
-AbsRel, SqRel, RMSE, RMSE log, log10, SILog per image with the Eigen/Garg crop and depth caps, averaged over all
-images of all processes (PAPER.md 3.5); the best ``valid/d1`` checkpoint and ``last.ckpt`` are kept.
+Optimiser: AdamW + OneCycleLR stepped once per epoch. Validation: delta1..3, AbsRel, SqRel, RMSE, RMSE log,
+log10, SILog per image with the Eigen/Garg crop and depth caps, averaged over all images of all processes
+(README, Training recipe); the best ``valid/d1`` checkpoint and ``last.ckpt`` are kept.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from yacs.config import CfgNode
 
-from configs.cli import build_parser, run_cli
-from configs.run import fit
-from configs.task_module import DenseTaskModule, denormalize
-from metrics import DepthMetric, depth_crop, silog_loss
+from engine.cli import build_parser, run_cli
+from engine.losses import silog_loss
+from engine.metrics import DepthMetric, depth_crop
+from engine.run import fit
+from engine.task_module import DenseTaskModule, denormalize
 from models import build_model
 
 
@@ -42,9 +43,9 @@ class DepthModule(DenseTaskModule):
 
     Args:
         model_type, binary_type, max_depth, pretrained: passed to `models.build_model`.
-        variance_focus, loss_min_depth: the SILog loss (PAPER.md 3.3).
-        min_depth_eval, max_depth_eval, crop: the evaluation protocol (PAPER.md 3.5).
-        max_lr, epochs, weight_decay: AdamW + OneCycleLR (PAPER.md 3.4).
+        variance_focus, loss_min_depth: the SILog loss (README, Training recipe).
+        min_depth_eval, max_depth_eval, crop: the evaluation protocol (README, Training recipe).
+        max_lr, epochs, weight_decay: AdamW + OneCycleLR (README, Training recipe).
     """
 
     main_metric = "d1"

@@ -3,10 +3,10 @@
     python train_segmentation.py CONFIG [--gpus 0,1] [--resume CKPT] [--weights CKPT] [KEY VALUE ...]
 
 Loss: cross-entropy with the last class index (``MODEL.NUM_CLASSES - 1``) ignored, which equals the released
-code's class weight 0 on that slot (PAPER.md 3.3). Optimiser: AdamW (weight decay ``TRAINING.WEIGHT_DECAY``) with
-OneCycleLR over ``NUM_EPOCHS`` stepped once per epoch (PAPER.md 3.4). Validation: pixAcc and mIoU accumulated over
-the whole set and across processes, computed once per epoch (PAPER.md 3.5, 8.8); the best ``valid/mIoU``
-checkpoint and ``last.ckpt`` are kept.
+code's class weight 0 on that slot. Optimiser: AdamW (weight decay ``TRAINING.WEIGHT_DECAY``) with OneCycleLR over
+``NUM_EPOCHS`` stepped once per epoch. Validation: pixAcc and mIoU accumulated over the whole set and across
+processes, computed once per epoch; the best ``valid/mIoU`` checkpoint and ``last.ckpt`` are kept. The recipe is the
+released one (README, Training recipe; the whole-set mIoU: README, deviations).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from configs.cli import build_parser, run_cli
-from configs.run import fit
-from configs.task_module import DenseTaskModule, denormalize
-from metrics import SegmentationMetric
+from engine.cli import build_parser, run_cli
+from engine.metrics import SegmentationMetric
+from engine.run import fit
+from engine.task_module import DenseTaskModule, denormalize
 from models import build_model
 
 # ADE20K's 150 class colours (the data set's standard palette), RGB hex, class 0 first.
@@ -77,7 +77,7 @@ class SegmentationModule(DenseTaskModule):
     Args:
         model_type, binary_type, num_classes, pretrained: passed to `models.build_model`.
         dataset: the data set name (palette of the logged images).
-        max_lr, epochs, weight_decay: AdamW + OneCycleLR (PAPER.md 3.4).
+        max_lr, epochs, weight_decay: AdamW + OneCycleLR (README, Training recipe).
     """
 
     main_metric = "mIoU"

@@ -1,4 +1,5 @@
-"""Configs: yacs defaults per task, YAML + ``KEY VALUE`` loading, and the command line shared by the scripts."""
+"""Configuration only: yacs defaults per task, the YAML files, and loading / validating YAML + ``KEY VALUE``
+overrides."""
 
 from configs.loading import ConfigError, get_defaults, load_config
 

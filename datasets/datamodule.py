@@ -3,7 +3,7 @@
 Train loader: shuffled, ``drop_last``, batch ``TRAINING.BATCH_SIZE_ON_1_GPU`` per process, ``TRAINING.NUM_THREADS``
 workers, started afresh each epoch; under DDP Lightning inserts its shuffling `DistributedSampler`. The training
 loader creates its iterator (shuffled order, worker seeds) at the first batch of an epoch, after the
-``on_train_epoch_start`` hooks (where `configs.faults.EpochSeed` seeds the epoch), never earlier: Lightning calls
+``on_train_epoch_start`` hooks (where `engine.callbacks.EpochSeed` seeds the epoch), never earlier: Lightning calls
 ``iter()`` on it ahead of the first epoch of a process, so without this a run resumed at epoch e would draw its
 order before the seeding and see other batches than an uninterrupted run. Evaluation loader (validation and
 test are the same set, PAPER 3.5): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1 (depth), and under

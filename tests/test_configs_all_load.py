@@ -1,4 +1,4 @@
-"""Every shipped YAML under configs/ loads, names what it builds, and builds (PAPER.md 3.4; issue 5).
+"""Every shipped YAML under configs/ loads, names what it builds, and builds (README, Training recipe).
 
 A config's file name is ``{model}_{method}_{dataset}.yaml`` and must agree with ``MODEL.MODEL_TYPE``,
 ``MODEL.BINARY_TYPE`` and ``DATASET.DATASET``; its folder (``segmentation`` / ``depth``) is its task.  Each
@@ -26,7 +26,8 @@ YAMLS = sorted(CONFIGS.glob("*/*.yaml"))
 NUM_CLASSES = {"ade20k": 151, "pascal_voc": 22, "demo": demo_num_classes()}
 # MODEL.MAX_DEPTH of each depth set (the BTS caps: NYUv2 10 m, KITTI 80 m; the demo is NYU-style).
 MAX_DEPTH = {"nyu": 10.0, "kitti": 80.0, "demo": 10.0}
-# Training crop of the real data sets (PAPER.md 3.4): segmentation CROP_SIZE, depth INPUT_HEIGHT x INPUT_WIDTH.
+# Training crop of the real data sets (README, Training recipe): segmentation CROP_SIZE, depth
+# INPUT_HEIGHT x INPUT_WIDTH.
 CROP = {"ade20k": (480, 480), "pascal_voc": (480, 480), "nyu": (416, 544), "kitti": (352, 704)}
 
 
@@ -48,7 +49,7 @@ def _prediction_channels(task: str, model_type: str, binary_type: str) -> int:
 
 def test_every_task_folder_has_configs() -> None:
     assert {path.parent.name for path in YAMLS} == {"segmentation", "depth"}
-    # Issue 5's rows: every baseline and the cfb ablation have their configs.
+    # Every baseline and the cfb ablation have their configs.
     names = {path.name for path in YAMLS}
     for method in ("bnn", "react", "adabin", "bisrnet", "cfb"):
         for dataset in ("ade20k", "pascal_voc", "nyu", "kitti"):
@@ -96,7 +97,7 @@ def test_config_loads_and_names_what_it_builds(path: Path) -> None:
     ],
 )
 def test_baseline_schedules_follow_paper(name: str, epochs: int, total: int, per_gpu: int, lr: float) -> None:
-    """Spot checks of PAPER.md 3.4's per-config table."""
+    """Spot checks of the released per-config settings (README, Training recipe)."""
     path = CONFIGS / name
     cfg = load_config(path.parent.name, path)
     t = cfg.TRAINING

@@ -1,7 +1,7 @@
 """yacs defaults for monocular depth estimation (train_depth.py / test_depth.py).
 
 The authors' keys keep their names and meanings, so their YAMLs load unchanged; keys marked "addition" are ours.
-Defaults are the BiDense UPerNet NYUv2 setting (PAPER.md 3.4). Every YAML may override any key, and so may
+Defaults are the BiDense UPerNet NYUv2 setting (README, Training recipe). Every YAML may override any key, and so may
 trailing ``KEY VALUE`` pairs on the command line. Paths are relative to the working directory.
 """
 
@@ -25,7 +25,7 @@ _C.DATASET.DATA_PATH_EVAL = "../dataset/nyu_depth_v2/official_splits/test/"
 _C.DATASET.GT_PATH_EVAL = "../dataset/nyu_depth_v2/official_splits/test/"
 # Evaluation list (NYU 654 test images; KITTI Eigen test, lines with "None" skipped: 652).
 _C.DATASET.FILENAMES_FILE_EVAL = "train_test_inputs/nyudepthv2_test_files_with_gt.txt"
-# Training random-crop height, pixels (NYU 416, KITTI 352; PAPER.md 3.2).
+# Training random-crop height, pixels (NYU 416, KITTI 352; README, Training recipe).
 _C.DATASET.INPUT_HEIGHT = 416
 # Training random-crop width, pixels (NYU 544, KITTI 704).
 _C.DATASET.INPUT_WIDTH = 544
@@ -47,14 +47,15 @@ _C.TRAINING.NUM_THREADS = 1
 _C.TRAINING.BATCH_SIZE = 32
 # Batch size of one process (one GPU, or one CPU process).
 _C.TRAINING.BATCH_SIZE_ON_1_GPU = 4
-# Number of training epochs; also the length of the OneCycleLR schedule, stepped once per epoch (PAPER.md 3.4).
+# Number of training epochs; also the length of the OneCycleLR schedule, stepped once per epoch
+# (README, Training recipe).
 _C.TRAINING.NUM_EPOCHS = 50
-# SILog variance focus lambda in 10 * sqrt(mean(d^2) - lambda * mean(d)^2) (PAPER.md 3.3).
+# SILog variance focus lambda in 10 * sqrt(mean(d^2) - lambda * mean(d)^2) (README, Training recipe).
 _C.TRAINING.VARIANCE_FOCUS = 0.85
 # Peak learning rate of OneCycleLR (AdamW).
 _C.TRAINING.MAX_LR = 6e-5
 # Addition. Ground truth at or below this depth (metres) is left out of the loss; None = the authors' rule,
-# 1.0 for "kitti" and 0.1 otherwise (PAPER.md 3.3).
+# 1.0 for "kitti" and 0.1 otherwise (README, Training recipe).
 _C.TRAINING.LOSS_MIN_DEPTH = None
 # Addition. AdamW weight decay on all parameters (PyTorch's default, as released).
 _C.TRAINING.WEIGHT_DECAY = 0.01

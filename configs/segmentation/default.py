@@ -1,7 +1,7 @@
 """yacs defaults for semantic segmentation (train_segmentation.py / test_segmentation.py).
 
 The authors' keys keep their names and meanings, so their YAMLs load unchanged; keys marked "addition" are ours.
-Defaults are the BiDense UPerNet ADE20K setting (PAPER.md 3.4). Every YAML may override any key, and so may
+Defaults are the BiDense UPerNet ADE20K setting (README, Training recipe). Every YAML may override any key, and so may
 trailing ``KEY VALUE`` pairs on the command line.
 """
 
@@ -15,12 +15,12 @@ _C.DATASET.DATASET = "ade20k"
 # Data root holding ADEChallengeData2016/ or VOCdevkit/ (the demo set is generated under it); relative to the
 # working directory, as in the authors' README.
 _C.DATASET.DATA_PATH = "../dataset"
-# Training rescale base: the long side is drawn uniformly from [0.5, 2.0] x BASE_SIZE (PAPER.md 3.2).
+# Training rescale base: the long side is drawn uniformly from [0.5, 2.0] x BASE_SIZE (README, Training recipe).
 _C.DATASET.BASE_SIZE = 520
-# Square training crop and validation centre crop, pixels (PAPER.md 3.2).
+# Square training crop and validation centre crop, pixels (README, Training recipe).
 _C.DATASET.CROP_SIZE = 480
 # Addition. PASCAL VOC training list: "train" (default; disjoint from val) or "trainval" (the authors' setting,
-# which contains the val images, PAPER.md 6.6 and 8.7). Ignored by other data sets.
+# which contains the val images, README, deviations). Ignored by other data sets.
 _C.DATASET.TRAIN_SPLIT = "train"
 
 _C.TRAINING = CN()
@@ -30,7 +30,8 @@ _C.TRAINING.NUM_THREADS = 1
 _C.TRAINING.BATCH_SIZE = 32
 # Batch size of one process (one GPU, or one CPU process).
 _C.TRAINING.BATCH_SIZE_ON_1_GPU = 2
-# Number of training epochs; also the length of the OneCycleLR schedule, stepped once per epoch (PAPER.md 3.4).
+# Number of training epochs; also the length of the OneCycleLR schedule, stepped once per epoch
+# (README, Training recipe).
 _C.TRAINING.NUM_EPOCHS = 50
 # Peak learning rate of OneCycleLR (AdamW).
 _C.TRAINING.MAX_LR = 1e-4

@@ -97,7 +97,7 @@ def test_worker_augmentation_is_reproducible_under_seed_everything(cfg_factory, 
     def first_batch():
         L.seed_everything(5, workers=True, verbose=False)
         loader = dm.train_dataloader()
-        assert not loader.persistent_workers  # restarted each epoch, seeded from the epoch (configs.faults)
+        assert not loader.persistent_workers  # restarted each epoch, seeded from the epoch (engine.callbacks.EpochSeed)
         return next(iter(loader))
 
     a, b = first_batch(), first_batch()

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metrics import DEPTH_METRIC_NAMES, DepthMetric, SegmentationMetric, crop_mask, depth_crop, silog_loss
+from engine.losses import silog_loss
+from engine.metrics import DEPTH_METRIC_NAMES, DepthMetric, SegmentationMetric, crop_mask, depth_crop
 
 # ----------------------------------------------------------------------------------------------- segmentation
 

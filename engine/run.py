@@ -18,11 +18,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from yacs.config import CfgNode
 
-from configs.cli import Devices, check_checkpoint_matches, load_checkpoint, parse_gpus
-from configs.faults import check_resume_config
 from configs.loading import ConfigError, load_config
-from configs.trainer import build_trainer, run_dir, save_config, seed_everything
 from datasets import build_datamodule, list_datasets
+from engine.checkpoints import check_checkpoint_matches, check_resume_config, load_checkpoint
+from engine.cli import Devices, parse_gpus
+from engine.trainer import build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
 
 

@@ -4,7 +4,8 @@ A task module (`train_segmentation.SegmentationModule`, `train_depth.DepthModule
 ``val_metric`` and ``test_metric`` (torchmetrics, states summed across processes) and defines ``_evaluate``
 (one batch: log the loss, update the metric, keep the first sample in ``_shown``) and ``_log_images``. This base
 runs them: metrics are reset at each epoch start and computed once at its end over the whole set of every process
-(PAPER.md 3.5, 8.8); the optimiser is AdamW with OneCycleLR stepped once per epoch (PAPER.md 3.4, 8.9).
+(README, Training recipe and deviations); the optimiser is AdamW with OneCycleLR stepped once per epoch (README,
+Training recipe).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class DenseTaskModule(L.LightningModule):
         return board
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (PAPER.md 3.4, 8.9)."""
+        """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (README, Training recipe)."""
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,

@@ -1,14 +1,14 @@
-"""Evaluation metrics and the depth loss: whole-set segmentation IoU, per-image depth errors, SILog.
+"""Evaluation metrics: whole-set segmentation pixAcc / IoU, per-image depth errors.
 
 Both metrics are `torchmetrics.Metric` subclasses whose states are plain sums (``dist_reduce_fx="sum"``), so
 under DDP every process accumulates its own share of the evaluation set and ``compute()`` adds the states of
-all processes before dividing once: nothing is averaged per process (PAPER.md 8.8).  Call ``update`` per batch
-and ``compute`` once per epoch.
+all processes before dividing once: nothing is averaged per process (README, deviations).  Call ``update``
+per batch and ``compute`` once per epoch.
 
-* `SegmentationMetric`: pixAcc and mIoU of PAPER.md 3.5, intersections and unions summed over the whole set.
-* `DepthMetric`: the BTS / authors' depth errors of PAPER.md 3.5 (Eigen crop for NYUv2, Garg crop for KITTI),
+* `SegmentationMetric`: pixAcc and mIoU (README, Training recipe), intersections and unions summed over the whole
+  set.
+* `DepthMetric`: the BTS / authors' depth errors (README, Training recipe; Eigen crop for NYUv2, Garg crop for KITTI),
   computed per image and averaged over images.
-* `silog_loss`: the scale-invariant log training loss of PAPER.md 3.3.
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ _EIGEN_COLS = (41, 601, 640)
 _GARG_ROWS = (0.40810811, 0.99189189)
 _GARG_COLS = (0.03594771, 0.96405229)
 
-SILOG_EPS = 1e-12
-
 
 class SegmentationMetric(Metric):
-    """Pixel accuracy and mean IoU over a whole evaluation set (PAPER.md 3.5), summed across processes.
+    """Pixel accuracy and mean IoU over a whole evaluation set (README, Training recipe), summed across processes.
 
     Evaluated classes are ``{0, ..., num_classes - 1}`` minus ``ignore_index``: with the configs' ``NUM_CLASSES``
     (ADE20K 151, VOC 22, ignore slot last) that is 150 / 21 classes; ``SegmentationMetric(150, 255)`` evaluates
@@ -117,7 +115,7 @@ class SegmentationMetric(Metric):
 
 
 def crop_mask(height: int, width: int, crop: str | None, device: torch.device | str | None = None) -> Tensor:
-    """Boolean ``[height, width]`` evaluation region of a depth crop (PAPER.md 3.5).
+    """Boolean ``[height, width]`` evaluation region of a depth crop (README, Training recipe).
 
     * ``None``: the whole image.
     * ``"eigen"`` (NYUv2): rows 45:471 and cols 41:601 of the 480x640 image, exactly as BTS and the authors.
@@ -162,7 +160,7 @@ def _as_images(x: Tensor, name: str) -> Tensor:
 
 
 class DepthMetric(Metric):
-    """Monocular depth errors of PAPER.md 3.5, computed per image and averaged over images (across processes).
+    """Monocular depth errors (README, Training recipe), computed per image and averaged over images (all processes).
 
     Per image, as the authors (BTS ``compute_errors``):
 
@@ -251,35 +249,3 @@ class DepthMetric(Metric):
         """Mean of each per-image metric over the images counted on all processes (float32 scalars)."""
         n = self.num_images.double()
         return {name: (getattr(self, f"sum_{name}") / n).float() for name in DEPTH_METRIC_NAMES}
-
-
-def silog_loss(pred: Tensor, target: Tensor, variance_focus: float = 0.85, min_depth: float = 0.1) -> Tensor:
-    """Scale-invariant log loss (PAPER.md 3.3), the training loss of every depth model.
-
-    Over the valid pixels ``target > min_depth`` (0.1 m for NYUv2, 1.0 m for KITTI: pass it; the default is
-    NYUv2's)::
-
-        d = ln(pred + 1e-7) - ln(target + 1e-7)
-        L = 10 * sqrt(mean(d^2) - variance_focus * mean(d)^2 + eps),  argument clamped at 0 before adding eps
-
-    For ``variance_focus <= 1`` the argument is a variance plus a non-negative term, so it is >= 0 in exact
-    arithmetic; rounding can make it slightly negative for a near-perfect prediction, which would give nan.
-    Clamping at 0 and adding ``eps`` = `SILOG_EPS` (1e-12) keeps the value finite and the gradient bounded
-    (``d sqrt(a)/da`` is infinite at 0) while shifting L by at most ``10 * sqrt(eps)`` = 1e-5.  Computed in
-    float32 whatever the input precision (bf16 logarithms are too coarse).  With no valid pixel the loss is 0,
-    still connected to ``pred`` (zero gradient), so every DDP process runs the same backward.
-
-    Args:
-        pred: predicted depth in metres, any shape (``[B, 1, H, W]``), positive.
-        target: ground-truth depth of the same shape, 0 where there is none.
-        variance_focus: lambda, 0.85 (``TRAINING.VARIANCE_FOCUS``).
-        min_depth: smallest ground-truth depth used.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"silog_loss: pred shape {tuple(pred.shape)} does not match target shape "
-                         f"{tuple(target.shape)}")
-    valid = target > min_depth
-    if not valid.any():
-        return pred.sum() * 0.0
-    d = torch.log(pred[valid].float() + 1e-7) - torch.log(target[valid].float() + 1e-7)
-    return 10.0 * torch.sqrt(((d**2).mean() - variance_focus * d.mean() ** 2).clamp_min(0) + SILOG_EPS)

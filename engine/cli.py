@@ -1,4 +1,4 @@
-"""Command line shared by the four scripts: arguments, device selection, checkpoint checks, one-line errors.
+"""Command line shared by the four scripts: arguments, device selection, one-line errors.
 
 ``python train_segmentation.py CONFIG [--gpus 0,1] [--resume CKPT] [--weights CKPT] [KEY VALUE ...]``
 ``python test_segmentation.py CONFIG CKPT [--gpus 0] [KEY VALUE ...]`` (likewise for depth).
@@ -11,14 +11,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from configs.faults import RunFault
 from configs.loading import ConfigError
 from datasets.io import DataError
+from engine.errors import RunFault, first_line
 
 DEBUG_ENV = "BIDENSE_DEBUG"
 
@@ -99,29 +97,8 @@ def parse_gpus(text: str | None, cpu_processes: int | None = None) -> Devices:
     return Devices("gpu", indices)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict, or ConfigError naming the file (missing, unreadable, not a checkpoint)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise ConfigError(f"checkpoint {path} cannot be loaded: {type(err).__name__}: {_first_line(err)}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
-    return ckpt
 
 
-def check_checkpoint_matches(ckpt: dict[str, Any], path: str | Path, expected: dict[str, Any]) -> None:
-    """ConfigError if the checkpoint's stored model identity (``hyper_parameters``) differs from ``expected``.
-
-    ``expected`` maps hyper-parameter names (e.g. model_type, binary_type, num_classes) to the config's values.
-    """
-    stored = ckpt.get("hyper_parameters", {})
-    diffs = [f"{key} {stored.get(key)!r} vs {value!r}" for key, value in expected.items() if stored.get(key) != value]
-    if diffs:
-        raise ConfigError(f"checkpoint {path} does not match the config (checkpoint vs config): {'; '.join(diffs)}")
 
 
 def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
@@ -143,11 +120,5 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
             raise
         user_error = isinstance(err, ConfigError | DataError | RunFault)
         hint = "" if user_error else f" ({type(err).__name__}; --debug shows the traceback)"
-        print(f"{parser.prog}: error: {_first_line(err)}{hint}", file=sys.stderr)
+        print(f"{parser.prog}: error: {first_line(err)}{hint}", file=sys.stderr)
         sys.exit(1)
-
-
-def _first_line(err: BaseException) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    lines = [line for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__

@@ -1,10 +1,10 @@
-"""Faults during training (issue 6): kill and resume, non-finite loss, atomic and failing checkpoint writes, a
+"""Faults during training: kill and resume, non-finite loss, atomic and failing checkpoint writes, a
 resumed run whose config changed, an unwritable run folder.
 
 The end-to-end cases run ``train_segmentation.py`` in a subprocess on the demo config with tiny overrides (as
-tests/test_pipeline_e2e.py does). Faults that cannot be caused from outside (a NaN loss, a full disk) are injected
-by starting the real script through a small launcher that patches one library function first (see `launch`); the
-production code carries no test hook.
+tests/engine/test_pipeline_e2e.py does). Faults that cannot be caused from outside (a NaN loss, a full disk) are
+injected by starting the real script through a small launcher that patches one library function first (see `launch`);
+the production code carries no test hook.
 """
 
 from __future__ import annotations
@@ -23,20 +23,13 @@ import torch
 import yaml
 
 from configs import ConfigError, load_config
-from configs.cli import Devices
-from configs.faults import (
-    AtomicCheckpointIO,
-    CheckpointWriteError,
-    EpochSeed,
-    NonFiniteLossGuard,
-    atomic_save,
-    check_resume_config,
-    config_changes,
-    epoch_seed,
-)
-from configs.trainer import build_trainer
+from engine.callbacks import EpochSeed, NonFiniteLossGuard, epoch_seed
+from engine.checkpoints import AtomicCheckpointIO, atomic_save, check_resume_config, config_changes
+from engine.cli import Devices
+from engine.errors import CheckpointWriteError
+from engine.trainer import build_trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch
 RUN = "upernet_bidense_demo"
@@ -251,7 +244,7 @@ def test_sigkill_while_saving_leaves_a_whole_file(tmp_path):
     """A process rewriting a 16 MB checkpoint in a loop is SIGKILLed: the file still loads, whole."""
     path = tmp_path / "last.ckpt"
     atomic_save({"step": -1, "w": torch.full((4 << 20,), -1.0)}, path)
-    code = ("import sys, torch\nfrom configs.faults import atomic_save\nfor step in range(10**6):\n"
+    code = ("import sys, torch\nfrom engine.checkpoints import atomic_save\nfor step in range(10**6):\n"
             "    atomic_save({'step': step, 'w': torch.full((4 << 20,), float(step))}, sys.argv[1])\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, env=env())
     try:
@@ -310,7 +303,7 @@ def test_unreadable_yaml_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("how", ["--debug", "BIDENSE_DEBUG"])
 def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
-    """Without it the same error is one line and exit status 1 (tests/test_pipeline_e2e.py); with it, it raises."""
+    """Without it the same error is one line and exit status 1 (test_pipeline_e2e.py); with it, it raises."""
     import train_segmentation
 
     monkeypatch.chdir(REPO)

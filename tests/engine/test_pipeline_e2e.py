@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
 DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch

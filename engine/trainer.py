@@ -18,8 +18,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from yacs.config import CfgNode
 
-from configs.cli import Devices
-from configs.faults import AtomicCheckpointIO, ConfigRecorder, EpochSeed, NonFiniteLossGuard, RunFault
+from engine.callbacks import ConfigRecorder, EpochSeed, NonFiniteLossGuard
+from engine.checkpoints import AtomicCheckpointIO
+from engine.cli import Devices
+from engine.errors import RunFault
 
 RUN_DIR_ENV = "BIDENSE_RUN_DIR"
 
