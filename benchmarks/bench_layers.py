@@ -1,4 +1,4 @@
-"""Benchmark: BiDense conv units against Conv2d + BatchNorm2d of the same shape (issue 2, DESIGN.md benchmarks).
+"""Benchmark: BiDense conv units against Conv2d + BatchNorm2d of the same shape.
 
 For every BiDenseConv2d shape of UperNet-ConvNeXt-T at a 480 x 480 input (batch 4; the two full-resolution head
 convs at half the spatial size so that they run on a small CPU), prints the median forward+backward time and the

@@ -1,4 +1,4 @@
-"""Benchmark: one whole training step of a binary model against its float mirror (issue 3, DESIGN.md benchmarks).
+"""Benchmark: one whole training step of a binary model against its float mirror.
 
 A step is forward, cross-entropy against random labels (segmentation, 151 classes), backward and an AdamW update.
 For each model type (UperNet; DPT when registered) the binary method and the float mirror are built once and

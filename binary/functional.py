@@ -1,5 +1,10 @@
-"""Functional core of BiDense (PAPER.md sections 1.1, 1.2, 1.4 and 8): ApproxSign, the DAB, binary weights,
-the channel-adaptive bypass (CFB), and the fused BiDense unit (DAB -> binary conv [-> BatchNorm -> + CFB]).
+"""Functional core of BiDense (arXiv 2411.10346): the sign with its straight-through estimators (one function for
+every binarizer), the Distribution-adaptive Binarizer (DAB), binary weights, the Channel-adaptive Full-precision
+Bypass (CFB), and the fused BiDense unit (DAB -> binary conv [-> BatchNorm -> + CFB]).
+
+Where the paper leaves a detail open (granularity of the statistics, the weight binarizer, the CFB channel mapping)
+the functions follow the authors' released code; the README section "Where this implementation differs from the
+released code, and why" lists the deviations.
 
 Every function here is a `torch.autograd.Function` that saves only what its backward needs: the DAB and the fused
 functions keep the real-valued input plus per-(sample, channel) statistics and rebuild the binary input in
@@ -9,6 +14,7 @@ backward (so a BiDense unit saves what a float conv + BN saves); the CFB saves n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,25 +33,88 @@ def _approx_sign_grad_(s: Tensor) -> Tensor:
     return s.abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0)
 
 
-class _ApproxSign(Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return torch.sign(x)
+@dataclass(frozen=True)
+class ClippedSTE:
+    """Clipped straight-through estimator: ``d sign(x)/dx ~ 1[|x| <= 1]`` (``closed=True``) or ``1[|x| < 1]``
+    (``closed=False``). ``closed`` sets the gradient at the boundary ``|x| == 1`` exactly: 1 when closed, 0 when
+    open. Saves a boolean mask only."""
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
+    closed: bool = True
+
+    def save(self, x: Tensor) -> Tensor:
+        return x.abs() <= 1 if self.closed else x.abs() < 1
+
+    def grad(self, grad: Tensor, inside: Tensor) -> Tensor:
+        return grad * inside
+
+
+@dataclass(frozen=True)
+class ApproxSignSTE:
+    """Bi-Real Net's ApproxSign estimator (arXiv 1808.00278): ``d sign(x)/dx ~ max(0, 2 - 2|x|)``, the derivative
+    of the piecewise quadratic F (``2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1), 0 elsewhere; 0 at ``|x| == 1``).
+    Saves x."""
+
+    def save(self, x: Tensor) -> Tensor:
+        return x
+
+    def grad(self, grad: Tensor, x: Tensor) -> Tensor:
         return grad * _approx_sign_grad_(x.clone())
 
 
+@dataclass(frozen=True)
+class ErrorDecaySTE:
+    """IR-Net's error-decay estimator (arXiv 1909.10788) with fixed constants:
+    ``d sign(x)/dx ~ k * t * (1 - tanh^2(t * x))``. Saves x."""
+
+    k: float
+    t: float
+
+    def save(self, x: Tensor) -> Tensor:
+        return x
+
+    def grad(self, grad: Tensor, x: Tensor) -> Tensor:
+        return grad * (self.k * self.t) * (1 - torch.tanh(x * self.t).square())
+
+
+SignEstimator = ClippedSTE | ApproxSignSTE | ErrorDecaySTE
+CLIPPED = ClippedSTE(closed=True)
+APPROX_SIGN = ApproxSignSTE()
+
+
+class _SignSTE(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, estimator: SignEstimator, unsigned: bool, scale: Tensor | None) -> Tensor:
+        ctx.estimator = estimator
+        ctx.save_for_backward(estimator.save(x))
+        out = (x > 0).to(x.dtype) if unsigned else torch.sign(x)
+        return out if scale is None else out * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (saved,) = ctx.saved_tensors
+        return ctx.estimator.grad(grad, saved), None, None, None
+
+
+def sign_ste(x: Tensor, estimator: SignEstimator = CLIPPED, *, unsigned: bool = False,
+             scale: Tensor | None = None) -> Tensor:
+    """Sign in the forward pass, a surrogate derivative in the backward pass: the one sign function of every
+    binarizer here.
+
+    Forward: ``sign(x)`` in {-1, 0, 1} (0 at 0, as `torch.sign`), or with ``unsigned=True`` ``1[x > 0]`` in {0, 1}
+    (BiBERT's bool(.)); then times ``scale`` when given. Backward: ``dL/dx = g * d(x)`` with ``d`` the
+    ``estimator``'s surrogate derivative (`ClippedSTE`, `ApproxSignSTE` or `ErrorDecaySTE`). ``scale`` is a
+    forward-only factor: it does not multiply the gradient and gets none (BiBERT's weights).
+    """
+    return _SignSTE.apply(x, estimator, unsigned, scale)
+
+
 def approx_sign(x: Tensor) -> Tensor:
-    """ApproxSign of Bi-Real Net (arXiv 1808.00278), PAPER.md 1.1.
+    """ApproxSign of Bi-Real Net (arXiv 1808.00278), the DAB's sign: ``sign_ste(x, APPROX_SIGN)``.
 
     Forward ``torch.sign(x)`` (0 at 0, as the released code); backward the derivative of the piecewise quadratic
     F: ``2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1), 0 elsewhere, i.e. ``max(0, 2 - 2|x|)``.
     """
-    return _ApproxSign.apply(x)
+    return _SignSTE.apply(x, APPROX_SIGN, False, None)
 
 
 def _dab_stats(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dims: tuple[int, ...]):
@@ -104,7 +173,8 @@ class _DAB(Function):
 
 
 def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
-    """Distribution-adaptive Binarizer (DAB), PAPER.md 1.1 and 8.1-8.2.
+    """Distribution-adaptive Binarizer (DAB) of arXiv 2411.10346: ``B_x = Sign(x - beta(x))`` with
+    ``beta(x) = k * mean(x) + b`` and the scale ``alpha(s) = exp(a * (||s||_1 / n_s - 1))``.
 
     With statistics per sample and per channel over ``dim`` (``(2, 3)`` for NCHW, ``1`` for B x N x C tokens)::
 
@@ -115,6 +185,8 @@ def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
     (dL/dx = g * alpha * max(0, 2 - 2|s|)); k gets ``-sum(g_s * mean(x))``, b ``-sum(g_s)`` and a
     ``sum(g * sign(s) * alpha * (mean|s| - 1))``. ``k``, ``b``, ``a`` broadcast against the statistics
     (shape (1, C, 1, 1) for NCHW, (1, 1, C) for tokens). Saves x and the per-(sample, channel) statistics.
+    The granularity, the detached statistics and the ApproxSign backward are the released code's; the token
+    layout keeps the paper's "- 1" (README, "Where this implementation differs ...": DAB on tokens).
     """
     return _DAB.apply(x, k, b, a, _dims(x, dim))
 
@@ -123,37 +195,35 @@ def _weight_scale(w: Tensor) -> Tensor:
     return w.abs().mean(tuple(range(1, w.dim())), keepdim=True)
 
 
-class _BinarizeWeight(Function):
+class _CenteredBinaryWeight(Function):
     @staticmethod
-    def forward(ctx, w: Tensor, centered: bool) -> Tensor:
+    def forward(ctx, w: Tensor) -> Tensor:
         ctx.save_for_backward(w)
-        ctx.centered = centered
-        if centered:
-            w = w - w.mean(-1, keepdim=True)
+        w = w - w.mean(-1, keepdim=True)
         return torch.sign(w).mul_(_weight_scale(w))
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Tensor) -> Tensor:
         (w,) = ctx.saved_tensors
-        if not ctx.centered:
-            return grad * (w.abs() <= 1.0), None
         wc = w - w.mean(-1, keepdim=True)
         g = grad * (wc.abs() <= 1.0)
-        return g - g.mean(-1, keepdim=True), None
+        return g - g.mean(-1, keepdim=True)
 
 
 def binarize_weight(w: Tensor) -> Tensor:
-    """Binary weights, PAPER.md 1.2: ``gamma * sign(w)`` with ``gamma_o = mean|w[o]|`` over all dims but the
-    first (per output channel of a conv weight; per *input* channel of a transposed-conv weight
-    [C_in, C_out/groups, k, k], as released). gamma is detached; clipped STE: dL/dw = g * (|w| <= 1)."""
-    return _BinarizeWeight.apply(w, False)
+    """Binary weights as the released code binarizes them (XNOR-Net's scale, arXiv 1603.05279):
+    ``gamma * sign(w)`` with ``gamma_o = mean|w[o]|`` over all dims but the first (per output channel of a conv
+    weight; per *input* channel of a transposed-conv weight [C_in, C_out/groups, k, k], as released: README,
+    "Where this implementation differs ...", transposed-conv weight scale). gamma is detached and does not scale
+    the gradient; clipped STE: ``dL/dw = g * 1[|w| <= 1]``, i.e. ``sign_ste(w, CLIPPED, scale=gamma)``."""
+    return _SignSTE.apply(w, CLIPPED, False, _weight_scale(w.detach()))
 
 
 def binarize_weight_centered(w: Tensor) -> Tensor:
-    """Row-centred binary weights of the linear layers, PAPER.md 1.2: ``wc = w - mean_row(w)``,
+    """Row-centred binary weights of the linear layers, as released: ``wc = w - mean_row(w)``,
     ``gamma_o * sign(wc)`` with ``gamma_o = mean|wc[o]|`` (detached). The clipped STE acts on wc and the gradient
-    flows back through the centring: ``h = g * (|wc| <= 1)``, ``dL/dw = h - mean_row(h)``."""
-    return _BinarizeWeight.apply(w, True)
+    flows back through the centring: ``h = g * 1[|wc| <= 1]``, ``dL/dw = h - mean_row(h)``. Saves w only."""
+    return _CenteredBinaryWeight.apply(w)
 
 
 def _cfb_plan(c_in: int, c_out: int) -> tuple[int, int, int, int]:
@@ -236,7 +306,8 @@ class _AddCFB(Function):
 
 
 def channel_adaptive_bypass(x: Tensor, out_channels: int, dim: int = 1) -> Tensor:
-    """Channel-adaptive Full-precision Bypass (CFB), PAPER.md 1.4 and 8.4/8.11; parameter-free.
+    """Channel-adaptive Full-precision Bypass (CFB) of arXiv 2411.10346, with the released code's channel mapping;
+    parameter-free.
 
     With ``C = C_in`` channels on ``dim``, ``r = C_out // C``, ``m = C_out % C``, ``g = C // m``, ``R = g(m-1)``,
     the output channels are, in order:
@@ -244,7 +315,7 @@ def channel_adaptive_bypass(x: Tensor, out_channels: int, dim: int = 1) -> Tenso
     - ``r`` tiles of x: channel ``t*C + c`` is ``x_c``;
     - ``m - 1`` strided means: merged channel ``j`` is ``(1/g) * sum_{i<g} x_{i(m-1)+j}``;
     - one tail mean: ``mean(x_R, ..., x_{C-1})`` (for ``m == 1`` that is the mean of all inputs, where the
-      released code raises).
+      released code raises: README, "Where this implementation differs ...", CFB with C_out = C_in + 1).
 
     The same mapping serves NCHW (``dim=1``) and token tensors B x N x C (``dim=-1``).
     """
@@ -379,7 +450,7 @@ def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias:
                groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
     """``conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias`` as one autograd Function.
 
-    Same values and gradients as the composition (PAPER.md 1.3), but saves only x, the weight and per-(sample,
+    Same values and gradients as the composition, but saves only x, the weight and per-(sample,
     channel) statistics: the binary input is rebuilt from x in backward. ``transposed`` selects a transposed
     convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released).
     """
@@ -432,7 +503,8 @@ def bidense_conv_bn(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, 
                     running_var: Tensor | None, bn_training: bool, momentum: float, eps: float, bypass: bool = True,
                     stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
                     groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
-    """The whole BiDense unit, PAPER.md 1.3, as one autograd Function:
+    """The whole BiDense unit (BatchNorm after the binary conv, before the bypass, as released) as one autograd
+    Function:
     ``batch_norm(conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias) [+ CFB(x, C_out)]``.
 
     ``batch_norm`` follows `torch.nn.functional.batch_norm` (``bn_training`` uses batch statistics and updates the

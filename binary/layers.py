@@ -1,15 +1,27 @@
-"""BiDense modules (PAPER.md 1.1-1.5, 8): the DAB, weight-binarizing convs and linear, the BiDense conv / transposed
-conv / linear units with their channel-adaptive full-precision bypass (CFB), the resampling bypass units, and the
-LearnableBias / RPReLU activations.
+"""Binary modules: the BiDense ones of arXiv 2411.10346 (the DAB, the BiDense conv / transposed conv / linear units
+with their Channel-adaptive Full-precision Bypass (CFB), the resampling bypass units), and the layers the
+baselines share with them (ReActNet's shifted sign, LearnableBias / RPReLU, and the binary convs).
+
+Two families of binary layers, named by what they binarize:
+
+* ``BinaryWeight*`` (`BinaryWeightConv2d`, `BinaryWeightConvTranspose2d`, `BinaryWeightLinear`): 1-bit weights
+  only; the input arrives binary from a separate binarizer (the DAB inside a BiDense unit).
+* ``BinaryConv2d`` / ``BinaryConvTranspose2d``: binarize their input (a binarizer module they hold) and their
+  weights (a function they are given); the sign-based CNN baselines and the ViT baselines' decoder use them.
+
+Where the paper leaves a detail open the modules follow the authors' released code (github.com/frickyinn/BiDense);
+the README section "Where this implementation differs from the released code, and why" lists the deviations.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binary.base import BinaryLayer, shape_macs
+from binary.counting import BinaryLayer, shape_macs
 from binary.functional import (
     add_channel_adaptive_bypass_,
     approx_sign,
@@ -20,6 +32,8 @@ from binary.functional import (
     dab_conv2d,
 )
 
+WeightBinarizer = Callable[[Tensor], Tensor]
+
 
 def _param_shape(channels: int, dim: int, ndim: int) -> tuple[int, ...]:
     shape = [1] * ndim
@@ -28,8 +42,9 @@ def _param_shape(channels: int, dim: int, ndim: int) -> tuple[int, ...]:
 
 
 class DAB(nn.Module):
-    """Distribution-adaptive Binarizer, PAPER.md 1.1: ``alpha * ApproxSign(x - (k * mean(x) + b))`` with
-    ``alpha = exp(a * (mean|s| - 1))``, statistics per sample and channel (see `binary.functional.dab`).
+    """Distribution-adaptive Binarizer (arXiv 2411.10346, DAB equations):
+    ``alpha * ApproxSign(x - (k * mean(x) + b))`` with ``alpha = exp(a * (mean|s| - 1))``, statistics per sample
+    and channel (see `binary.functional.dab`).
 
     Args:
         channels: number of channels C.
@@ -58,8 +73,9 @@ class DAB(nn.Module):
 
 
 class ShiftSign(nn.Module):
-    """ReActNet-style input binarizer: ``ApproxSign(x + b)`` with a per-channel shift b (init 0), PAPER.md 1.2 and
-    section 4 (used by the `cfb` ablation in place of the DAB)."""
+    """ReActNet's RSign (arXiv 2003.03488) with Bi-Real's ApproxSign backward: ``ApproxSign(x + b)``, a learnable
+    per-channel shift b (``move``, init 0) on the channel axis ``dim``. The input binarizer of the `react` and
+    `bisrnet`-style convs, and of the `cfb` ablation's BiDense units in place of the DAB."""
 
     def __init__(self, channels: int, dim: int = 1) -> None:
         super().__init__()
@@ -77,9 +93,10 @@ def _input_binarizer(kind: str, channels: int, dim: int = 1) -> nn.Module:
     raise ValueError(f"unknown input binarizer {kind!r}; available: dab, shift_sign")
 
 
-class BinaryConv2d(BinaryLayer, nn.Conv2d):
-    """Conv2d with binary weights ``mean|W_o| * sign(W)`` (per output channel, detached; clipped STE), PAPER.md
-    1.2. Its input is expected to be binary already (from a `DAB`). Weight init N(0, 1e-3^2)."""
+class BinaryWeightConv2d(BinaryLayer, nn.Conv2d):
+    """Conv2d with binary weights ``mean|W_o| * sign(W)`` (per output channel, detached; clipped STE;
+    `binary.functional.binarize_weight`). Its input is expected to be binary already (from a `DAB`).
+    Weight init N(0, 1e-3^2), as released."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -89,9 +106,11 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         return self._conv_forward(x, binarize_weight(self.weight), self.bias)
 
 
-class BinaryConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
-    """ConvTranspose2d with binary weights. The weight is [C_in, C_out/groups, kh, kw] and the scale is mean|w|
-    over dims 1-3, i.e. **per input channel**, as in the released code (PAPER.md 8.11). Init N(0, 1e-3^2)."""
+class BinaryWeightConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
+    """ConvTranspose2d with binary weights; its input is expected to be binary already. The weight is
+    [C_in, C_out/groups, kh, kw] and the scale is mean|w| over dims 1-3, i.e. **per input channel**, as in the
+    released code (README, "Where this implementation differs ...", transposed-conv weight scale).
+    Init N(0, 1e-3^2)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -102,9 +121,9 @@ class BinaryConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
                                   self.output_padding, self.groups, self.dilation)
 
 
-class BinaryLinear(BinaryLayer, nn.Linear):
-    """Linear layer with row-centred binary weights (`binary.functional.binarize_weight_centered`), PAPER.md 1.2.
-    Weight init N(0, 1e-3^2)."""
+class BinaryWeightLinear(BinaryLayer, nn.Linear):
+    """Linear layer with row-centred binary weights (`binary.functional.binarize_weight_centered`, as released);
+    its input is expected to be binary already. Weight init N(0, 1e-3^2)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -116,10 +135,44 @@ class BinaryLinear(BinaryLayer, nn.Linear):
         return F.linear(x, binarize_weight_centered(self.weight), self.bias)
 
 
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
+    """Conv2d on a binarized input with binarized weights: ``conv(binarize_input(x), binarize_weight(W)) + bias``,
+    every Conv2d argument honoured.
+
+    ``input_binarizer`` is a module (its parameters train with the layer, under ``binarize_input``);
+    ``weight_binarizer`` a function of W.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, bias: bool = False, *, input_binarizer: nn.Module,
+                 weight_binarizer: WeightBinarizer) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.binarize_input = input_binarizer
+        self.binarize_weight = weight_binarizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.binarize_input(x), self.binarize_weight(self.weight), self.bias)
+
+
+class BinaryConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
+    """ConvTranspose2d on a binarized input with binarized weights (weight [C_in, C_out/g, k, k]):
+    ``conv_transpose(binarize_input(x), binarize_weight(W)) + bias``; arguments as `BinaryConv2d`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = False, *, input_binarizer: nn.Module, weight_binarizer: WeightBinarizer) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        self.binarize_input = input_binarizer
+        self.binarize_weight = weight_binarizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(self.binarize_input(x), self.binarize_weight(self.weight), self.bias, self.stride,
+                                  self.padding, self.output_padding, self.groups, self.dilation)
+
+
 class _BiDenseConvUnit(nn.Module):
     """Shared forward of the BiDense conv units: ``BN(binary_conv(DAB(x))) [+ CFB(x, C_out)]``."""
 
-    conv: BinaryConv2d | BinaryConvTranspose2d
+    conv: BinaryWeightConv2d | BinaryWeightConvTranspose2d
 
     def _conv_args(self) -> tuple:
         conv = self.conv
@@ -129,7 +182,7 @@ class _BiDenseConvUnit(nn.Module):
 
     def binary_macs(self, input: Tensor, output: Tensor) -> int:
         """Binary MACs of one call: those of ``self.conv`` (the fused path runs its weights without calling it;
-        DAB, BN and the bypass are elementwise). Read by `binary.summary`."""
+        DAB, BN and the bypass are elementwise). Read by `binary.counting`."""
         return shape_macs(self.conv, input, output)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -169,17 +222,18 @@ def _check_same_resolution(x: Tensor, conv: nn.Module) -> None:
 
 
 class BiDenseConv2d(_BiDenseConvUnit):
-    """The BiDense binary conv unit, PAPER.md 1.3: ``y = BN(BinaryConv2d(DAB(x))) + CFB(x, C_out)``.
+    """The BiDense binary conv unit: ``y = BN(BinaryWeightConv2d(DAB(x))) + CFB(x, C_out)`` (arXiv 2411.10346; the
+    BatchNorm after the binary conv and before the bypass, as released).
 
     ``binarizer="shift_sign"`` replaces the DAB by `ShiftSign` (the `cfb` ablation).
     With the DAB and a plain BatchNorm2d the whole unit runs as one autograd Function
     (`binary.functional.bidense_conv_bn`) that saves what a float conv + BN saves (x, the conv output, per-channel
     statistics) and rebuilds the binary input in backward; with another norm (e.g. SyncBatchNorm) only the DAB and
     the conv are fused (`binary.functional.dab_conv2d`) and the norm module runs as usual. With ``bypass=False`` the
-    unit returns ``BN(BinaryConv2d(DAB(x)))`` and the caller adds a resampled bypass (`BypassDown`).
+    unit returns ``BN(BinaryWeightConv2d(DAB(x)))`` and the caller adds a resampled bypass (`BypassDown`).
     A bypass needs an output of the input's resolution: ``stride > 1`` with ``bypass=True`` is an error.
 
-    Submodules: ``binarizer`` (`DAB`), ``conv`` (`BinaryConv2d`), ``norm`` (BatchNorm2d).
+    Submodules: ``binarizer`` (`DAB`), ``conv`` (`BinaryWeightConv2d`), ``norm`` (BatchNorm2d).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
@@ -190,14 +244,14 @@ class BiDenseConv2d(_BiDenseConvUnit):
             raise ValueError(f"BiDenseConv2d({in_channels}, {out_channels}, stride={stride}): the CFB bypass needs "
                              "stride 1; use BypassDown for strided layers")
         self.binarizer = _input_binarizer(binarizer, in_channels)
-        self.conv = BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                                 bias=bias)
+        self.conv = BinaryWeightConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                       bias=bias)
         self.norm = nn.BatchNorm2d(out_channels)
         self.bypass = bypass
 
 
 class BiDenseConvTranspose2d(_BiDenseConvUnit):
-    """``BN(BinaryConvTranspose2d(DAB(x))) [+ CFB(x, C_out)]`` (PAPER.md 1.3-1.4). As `BiDenseConv2d`, the
+    """``BN(BinaryWeightConvTranspose2d(DAB(x))) [+ CFB(x, C_out)]``. As `BiDenseConv2d`, the
     bypass needs stride 1; `BypassUp` resamples it for ``kernel = stride = scale`` upsampling."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
@@ -208,21 +262,22 @@ class BiDenseConvTranspose2d(_BiDenseConvUnit):
             raise ValueError(f"BiDenseConvTranspose2d({in_channels}, {out_channels}, stride={stride}): the CFB "
                              "bypass needs stride 1; use BypassUp for upsampling layers")
         self.binarizer = _input_binarizer(binarizer, in_channels)
-        self.conv = BinaryConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                                          groups, bias=bias, dilation=dilation)
+        self.conv = BinaryWeightConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
+                                                output_padding, groups, bias=bias, dilation=dilation)
         self.norm = nn.BatchNorm2d(out_channels)
         self.bypass = bypass
 
 
 class BiDenseLinear(nn.Module):
-    """BiDense linear unit on tokens B x N x C, PAPER.md 8.2: ``LayerNorm(BinaryLinear(DAB(x))) + CFB(x)``, with
-    the DAB over the token axis, row-centred binary weights and LayerNorm(eps=1e-6). (The released layer binarized
-    with a LearnableBias + ApproxSign on a path its models never take; we use the DAB: documented deviation.)"""
+    """BiDense linear unit on tokens B x N x C: ``LayerNorm(BinaryWeightLinear(DAB(x))) + CFB(x)``, with the DAB
+    over the token axis, row-centred binary weights and LayerNorm(eps=1e-6). The released layer binarized with a
+    LearnableBias + ApproxSign on a path its models never take; we use the DAB (README, "Where this implementation
+    differs ...": DAB on tokens)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, bypass: bool = True) -> None:
         super().__init__()
         self.binarizer = DAB(in_features, dim=-1)
-        self.linear = BinaryLinear(in_features, out_features, bias=bias)
+        self.linear = BinaryWeightLinear(in_features, out_features, bias=bias)
         self.norm = nn.LayerNorm(out_features, eps=1e-6)
         self.bypass = bypass
 
@@ -232,7 +287,7 @@ class BiDenseLinear(nn.Module):
 
 
 class BypassDown(nn.Module):
-    """Strided BiDense unit, PAPER.md 1.4: ``BiDenseConv2d(k, s, p, bypass=False)(x) + CFB(AvgPool2d(k, s, p)(x))``
+    """Strided BiDense unit, as released: ``BiDenseConv2d(k, s, p, bypass=False)(x) + CFB(AvgPool2d(k, s, p)(x))``
     (ConvNeXt transitions k=s=2; DPT layer 4 k=3, s=2, p=1)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int = 0,
@@ -247,7 +302,7 @@ class BypassDown(nn.Module):
 
 
 class BypassUp(nn.Module):
-    """Upsampling BiDense unit, PAPER.md 1.4: ``BiDenseConvTranspose2d(k=s=scale, bypass=False)(x)
+    """Upsampling BiDense unit, as released: ``BiDenseConvTranspose2d(k=s=scale, bypass=False)(x)
     + CFB(nearest_upsample(x, scale))`` (DPT reassemble of layers 1 and 2)."""
 
     def __init__(self, in_channels: int, out_channels: int, scale: int, bias: bool = False,
@@ -262,7 +317,7 @@ class BypassUp(nn.Module):
 
 
 class LearnableBias(nn.Module):
-    """Per-channel additive shift ``x + bias`` (init 0), PAPER.md 1.5; ``dim`` is the channel axis
+    """Per-channel additive shift ``x + bias`` (init 0; ReActNet, arXiv 2003.03488); ``dim`` is the channel axis
     (1 for NCHW, -1 for tokens)."""
 
     def __init__(self, channels: int, dim: int = 1) -> None:
@@ -275,7 +330,7 @@ class LearnableBias(nn.Module):
 
 
 class RPReLU(nn.Module):
-    """``LearnableBias -> PReLU -> LearnableBias`` (ReActNet's RPReLU; PAPER.md 1.5, the UPerNet FPN fusion).
+    """``LearnableBias -> PReLU -> LearnableBias`` (ReActNet's RPReLU, arXiv 2003.03488; after the UPerNet FPN fusion).
     PReLU slopes per channel, init 0.25; ``dim`` is the channel axis."""
 
     def __init__(self, channels: int, dim: int = 1) -> None:

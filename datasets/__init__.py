@@ -1,4 +1,5 @@
-"""Data sets and datamodules of BiDense: ADE20K, PASCAL VOC, NYUv2, KITTI and a procedural demo (PAPER 3).
+"""Data sets and datamodules of BiDense: ADE20K, PASCAL VOC, NYUv2, KITTI and a procedural demo
+(README, "Data preparation").
 
 `build_datamodule(cfg, task)` turns a yacs config into a LightningDataModule. Batches:
 

@@ -1,4 +1,4 @@
-"""ADE20K (SceneParsing ADEChallengeData2016), PAPER 3.1: 150 classes, label - 1, raw 0 ("other") ignored.
+"""ADE20K (SceneParsing ADEChallengeData2016), as released: 150 classes, label - 1, raw 0 ("other") ignored.
 
 Expected tree (``root`` = ``DATASET.DATA_PATH``, ``../dataset`` by default as in the authors' configs)::
 

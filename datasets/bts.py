@@ -1,4 +1,4 @@
-"""NYUv2 and KITTI in the BTS layout (PAPER 3.1): a filenames file of ``rgb depth focal`` lines.
+"""NYUv2 and KITTI in the BTS layout (README, "Data preparation"): a filenames file of ``rgb depth focal`` lines.
 
 Each line holds an image path relative to the data root and a depth png path relative to the ground-truth root
 (train: ``DATASET.DATA_PATH`` / ``DATASET.GT_PATH`` / ``DATASET.FILENAMES_FILE``; evaluation: the ``*_EVAL``

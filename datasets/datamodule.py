@@ -6,7 +6,7 @@ loader creates its iterator (shuffled order, worker seeds) at the first batch of
 ``on_train_epoch_start`` hooks (where `engine.callbacks.EpochSeed` seeds the epoch), never earlier: Lightning calls
 ``iter()`` on it ahead of the first epoch of a process, so without this a run resumed at epoch e would draw its
 order before the seeding and see other batches than an uninterrupted run. Evaluation loader (validation and
-test are the same set, PAPER 3.5): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1 (depth), and under
+test are the same set, as released): in order, batch ``BATCH_SIZE_ON_1_GPU`` (segmentation) or 1 (depth), and under
 several processes a `UnpaddedDistributedSampler`, so each image is evaluated exactly once.
 """
 

@@ -1,4 +1,4 @@
-"""The BTS depth pipeline (PAPER 3.2), as the authors' `DataLoadPreprocess` applies it.
+"""The BTS depth pipeline, as the authors' `DataLoadPreprocess` applies it.
 
 Inputs: an RGB uint8 image ``[H, W, 3]`` and a float32 depth map ``[H, W]`` in metres (0 = no ground truth).
 Outputs: ``(image float32 [3, h, w] ImageNet-normalised, depth float32 [1, h, w])``.

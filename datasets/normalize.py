@@ -1,4 +1,4 @@
-"""ImageNet normalisation shared by both tasks (PAPER 3.2): x' = (x - mean) / std on RGB in [0, 1]."""
+"""ImageNet normalisation shared by both tasks, as released: x' = (x - mean) / std on RGB in [0, 1]."""
 
 from __future__ import annotations
 

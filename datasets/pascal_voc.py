@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 segmentation, PAPER 3.1 and 8.7: 21 classes (background included), 255 ignored.
+"""PASCAL VOC 2012 segmentation (README, "Data preparation"): 21 classes (background included), 255 ignored.
 
 Expected tree (``root`` = ``DATASET.DATA_PATH``, ``../dataset`` by default as in the authors' configs; prepared
 as in DANet / PyTorch-Encoding)::
@@ -7,9 +7,10 @@ as in DANet / PyTorch-Encoding)::
     root/VOCdevkit/VOC2012/SegmentationClass/<id>.png          (palette png, indices 0..20, 255 = border)
     root/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt   (one <id> per line)
 
-The training list is ``DATASET.TRAIN_SPLIT``: "train" (default, PAPER 8.7) or "trainval", the authors' setting,
-which contains every validation image (a warning says so). Validation is ``val.txt``. Labels: 0..20 kept, 255 ->
-the ignore slot ``NUM_CLASSES - 1`` (= 21, ``NUM_CLASSES: 22`` as the authors).
+The training list is ``DATASET.TRAIN_SPLIT``: "train" (default) or "trainval", the authors' setting, which
+contains every validation image (a warning says so; README, "Where this implementation differs from the released
+code, and why", PASCAL VOC). Validation is ``val.txt``. Labels: 0..20 kept, 255 -> the ignore slot
+``NUM_CLASSES - 1`` (= 21, ``NUM_CLASSES: 22`` as the authors).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class PascalVOC(SegmentationPairs):
         if split == "trainval":
             warnings.warn(
                 "PASCAL VOC: training on trainval, which contains every val image used for evaluation "
-                "(the authors' setting, PAPER 6.6); set DATASET.TRAIN_SPLIT train for a clean split",
+                "(the authors' setting); set DATASET.TRAIN_SPLIT train for a clean split",
                 stacklevel=2,
             )
         super().__init__(images, labels, num_classes, transform)

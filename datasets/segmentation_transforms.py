@@ -1,4 +1,4 @@
-"""The segmentation pipeline of DANet / PyTorch-Encoding `BaseDataset` (PAPER 3.2).
+"""The segmentation pipeline of DANet / PyTorch-Encoding `BaseDataset`, as released.
 
 Inputs are an RGB uint8 image ``[H, W, 3]`` and a mask ``[H, W]`` of uint8 *training ids* (the data set has
 already mapped its raw labels; the ignore slot is ``ignore_index = NUM_CLASSES - 1``). Outputs are

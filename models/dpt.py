@@ -180,6 +180,10 @@ class DPT(nn.Module):
         return self.head(out)
 
 
+# The binarization methods (``binary_type``) DPT-ViT-S/14 is defined for.
+SUPPORTED_BINARY_TYPES = ("fp32", "fp32_0", "bibert", "bit", "bivit", "cfb", "bidense")
+
+
 def build_dpt(
     task: str,
     method: Method,

@@ -1,4 +1,4 @@
-"""Prediction heads shared by the dense models (PAPER.md 1.5 "Heads").
+"""Prediction heads shared by the dense models, as released.
 
 Both run at full resolution on the decoder's 128-channel output:
 

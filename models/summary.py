@@ -1,7 +1,8 @@
 """Params and OPs of a configured model: ``python -m models.summary CONFIG [--input H W] [--json]``.
 
 Builds ``MODEL.MODEL_TYPE`` with ``MODEL.BINARY_TYPE`` from a segmentation or depth YAML and counts it with
-`binary.summary` (PAPER.md section 2 "Params and OPs convention", 8.10) at the config's evaluation input
+`binary.summary` (the Params and OPs of arXiv 2411.10346, Table 1; convention in the README, "Training and
+evaluation", Parameters and OPs) at the config's evaluation input
 (segmentation: ``DATASET.CROP_SIZE`` squared, 480x480 as the authors' profiler; depth:
 ``DATASET.INPUT_HEIGHT`` x ``DATASET.INPUT_WIDTH``), batch 1:
 
@@ -11,7 +12,8 @@ Builds ``MODEL.MODEL_TYPE`` with ``MODEL.BINARY_TYPE`` from a segmentation or de
 The authors' count (``params_paper``) of a binary model also divides the weight of its final full-precision
 classifier by 32 (the quirk that reproduces Table 1); for a float model it equals the strict count.  Where
 Table 1 (ADE20K, UPerNet-ConvNeXt-T) has a row for the method, its figures are printed beside ours; its binary
-OPs fit a count near 448x448 and its FP32 OPs follow from no convention found (PAPER.md 8.10).
+OPs fit a count near 448x448 and its FP32 OPs follow from no convention found (README, "Where this
+implementation differs from the released code, and why", OPs resolution).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from binary.summary import summary
+from binary.report import summary
 from models import build_model
 
-# Table 1 (ADE20K validation, UPerNet-ConvNeXt-T): method -> (row, Params K, OPs G), PAPER.md section 2.
+# arXiv 2411.10346, Table 1 (ADE20K validation, UPerNet-ConvNeXt-T): binary_type -> (row, Params K, OPs G).
 TABLE1 = {
     "fp32": ("ConvNeXt*", 40_020, 288.36),
     "fp32_0": ("ConvNeXt", 40_023, 288.37),
@@ -50,7 +52,7 @@ def summarize(
     """Build the model and count it at ``1 x 3 x H x W``.
 
     Returns:
-        `binary.summary.ModelSummary.to_dict()` without the per-layer rows, with ``task``, ``model_type`` and
+        `binary.report.ModelSummary.to_dict()` without the per-layer rows, with ``task``, ``model_type`` and
         ``binary_type`` added.
     """
     model = build_model(task, model_type, binary_type, **model_kwargs)
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  OPs {result['ops_g']:,.3f} G" + (f"; Table 1: {paper[2]} G" if paper else ""))
     if paper:
         print("  (Table 1's binary OPs fit a count near 448x448; its FP32 OPs follow from no convention found,"
-              " PAPER.md 8.10)")
+              " README: OPs resolution)")
     return 0
 
 

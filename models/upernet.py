@@ -132,6 +132,11 @@ class UperNet(nn.Module):
         return self.head(_resize(y, x.shape[-2:]))
 
 
+# The binarization methods (``binary_type``) UPerNet-ConvNeXt-T is defined for; the ViT baselines (bibert, bit,
+# bivit) binarize transformer layers only and have no UperNet-ConvNeXt model in the released code.
+SUPPORTED_BINARY_TYPES = ("fp32", "fp32_0", "bnn", "react", "adabin", "bisrnet", "cfb", "bidense")
+
+
 def build_upernet(
     task: str,
     method: Method,
@@ -149,7 +154,7 @@ def build_upernet(
         if not method.standard:
             raise ValueError(
                 f"pretrained={pretrained!r}: only the standard float model (fp32) loads ImageNet weights; "
-                f"{method.name!r} is trained from scratch"
+                f"{method.binary_type!r} is trained from scratch"
             )
         load_convnext_checkpoint(model.backbone, pretrained)
     return model

@@ -1,5 +1,5 @@
 """AdaBin (Tu et al., ECCV 2022, arXiv 2208.08084) as the authors' baseline code builds it, following the official
-AdaBin code (PAPER.md section 4 and 6.13).
+AdaBin code.
 
 Activations, with learnable scalars alpha_a (init 1) and beta_a (init 0) per layer::
 
@@ -22,29 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from binary.functional import approx_sign
-from binary.methods import register
-from binary.methods.react import BinaryConvMethod
+from binary.functional import ErrorDecaySTE, approx_sign, sign_ste
+from binary.methods.base import BinaryConvMethod
+from binary.methods.registry import register
 
-EDE_K = 10.0
-EDE_T = 0.1
-
-
-class _SignEDE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(u)
-        return torch.sign(u)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (u,) = ctx.saved_tensors
-        return grad * (EDE_K * EDE_T) * (1 - torch.tanh(u * EDE_T).square())
-
-
-def sign_ede(u: torch.Tensor) -> torch.Tensor:
-    """sign(u); backward IR-Net's error-decay estimator k t (1 - tanh^2(t u)) with k = 10, t = 0.1."""
-    return _SignEDE.apply(u)
+EDE = ErrorDecaySTE(k=10.0, t=0.1)  # IR-Net's error-decay estimator with the authors' fixed constants
 
 
 def adabin_weight(w: torch.Tensor) -> torch.Tensor:
@@ -57,7 +39,7 @@ def adabin_weight(w: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, w.dim()))
     beta = w.mean(dim=dims, keepdim=True)
     alpha = (w - beta).square().mean(dim=dims, keepdim=True).sqrt()
-    return alpha * sign_ede((w - beta) / alpha) + beta
+    return alpha * sign_ste((w - beta) / alpha, EDE) + beta
 
 
 class AdaBinActivation(nn.Module):

@@ -1,17 +1,29 @@
-"""The interface through which a binarization method supplies layers to the models.
+"""The interface through which a binarization method supplies layers to the models, and the method skeletons
+that several methods share.
 
 `models/` defines each architecture once and asks a `Method` for every layer that a binarization method
-changes.  This base class is the float mirror (`fp32_0`, PAPER.md section 1.7): plain convolutions
-followed by BatchNorm, float linear layers and softmax attention.  A method overrides only what it
-changes, and is registered with `binary.methods.register`.
+changes (README, "Where this implementation differs from the released code, and why": one definition per
+architecture).  `Method` itself is the float mirror (`fp32_0`, the "ConvNeXt" row of arXiv 2411.10346,
+Table 1): plain convolutions followed by BatchNorm, float linear layers and softmax attention.  A method
+overrides only what it changes, and is registered with `binary.methods.register`.
+
+Shared skeletons (no method module imports another):
+
+* `BinaryConvMethod`: the sign-based CNN baselines as the authors' baseline code builds them (conv unit =
+  `binary.layers.BinaryConv2d` + BatchNorm, no bypass; `bnn`, `adabin`, and through `ReActConvMethod` `react`
+  and `bisrnet`).
+* `ReActConvMethod`: ReActNet's layer choices (arXiv 2003.03488): `binary.layers.ShiftSign` inputs,
+  sign * mean|W| weights, `react_act` activations.
+* `ReActDPTDecoder`: the ReActNet-style DPT decoder of the ViT baselines (`bibert`, `bit`, `bivit`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from binary.functional import binarize_weight
+from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias, RPReLU, ShiftSign, WeightBinarizer
 
 
 class SoftmaxAttention(nn.Module):
@@ -30,15 +42,15 @@ class Method:
     """Layer factory of one binarization method; this base class is the float mirror `fp32_0`.
 
     Attributes:
-        name: registry name.
+        binary_type: the registered name (``MODEL.BINARY_TYPE``).
         binary: True when the method's conv / linear layers are 1-bit.
-        bypass: True when every conv unit carries its own full-precision bypass (the CFB, PAPER 1.3/1.4);
+        bypass: True when every conv unit carries its own full-precision bypass (the CFB of arXiv 2411.10346);
             the models then add no explicit residual connections and no norm outside the units.
-        standard: True only for `fp32` (the paper's starred rows): the models use the official
+        standard: True only for `fp32` (the starred rows of Tables 1 and 3): the models use the official
             ConvNeXt-T / DINOv2 / UperNet / DPT definitions, loadable from pretrained checkpoints.
     """
 
-    name: str = "fp32_0"
+    binary_type: str = "fp32_0"
     binary: bool = False
     bypass: bool = False
     standard: bool = False
@@ -96,6 +108,92 @@ class Method:
         return SoftmaxAttention(head_dim, num_heads)
 
 
-def conv_out_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
-    """Spatial output size of a convolution (used by resampling bypasses to check shapes)."""
-    return math.floor((size + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1)
+def react_act(channels: int, role: str) -> nn.Module:
+    """The ReActNet-style activation after a conv unit (BN is in the unit), shared by `react`, `bisrnet` and
+    `bidense` as released: "head" ReLU; "fusion" LearnableBias -> PReLU -> LearnableBias (RPReLU); elsewhere
+    LearnableBias -> PReLU."""
+    if role == "head":
+        return nn.ReLU()
+    if role == "fusion":
+        return RPReLU(channels)
+    return nn.Sequential(LearnableBias(channels), nn.PReLU(channels))
+
+
+class BinaryConvMethod(Method):
+    """Skeleton of the sign-based CNN baselines on the `fp32_0`-style structure, as the authors' baseline code
+    builds them.
+
+    Conv unit = `binary.layers.BinaryConv2d` + BatchNorm2d; no bypass (the models add the block residuals).
+    Subclasses choose the input binarizer, the weight binarizer, the weight initialisation, which convs keep a
+    bias and the activations.
+    """
+
+    binary = True
+    bypass = False
+    weight_std: float | None = 1e-3  # N(0, std^2) weight init as the authors' binary convs; None keeps PyTorch's
+
+    def input_binarizer(self, channels: int) -> nn.Module:
+        """The module that binarizes a conv's ``channels``-channel input."""
+        raise NotImplementedError
+
+    weight_binarizer: WeightBinarizer = staticmethod(binarize_weight)  # W -> binarized W for the forward pass
+
+    def has_bias(self, bias: bool, role: str) -> bool:
+        """Whether the conv at ``role`` keeps a bias, given the float architecture's ``bias``."""
+        raise NotImplementedError
+
+    def _init(self, conv: nn.Module) -> nn.Module:
+        if self.weight_std is not None:
+            nn.init.normal_(conv.weight, std=self.weight_std)
+        return conv
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
+        conv = BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                            self.has_bias(bias, role), input_binarizer=self.input_binarizer(in_channels),
+                            weight_binarizer=self.weight_binarizer)
+        return nn.Sequential(self._init(conv), nn.BatchNorm2d(out_channels))
+
+    def up(self, in_channels: int, out_channels: int, scale: int, role: str = "up") -> nn.Module:
+        conv = BinaryConvTranspose2d(in_channels, out_channels, scale, stride=scale, bias=self.has_bias(True, role),
+                                     input_binarizer=self.input_binarizer(in_channels),
+                                     weight_binarizer=self.weight_binarizer)
+        return nn.Sequential(self._init(conv), nn.BatchNorm2d(out_channels))
+
+
+class ReActConvMethod(BinaryConvMethod):
+    """ReActNet's conv units and activations as the authors' baseline code builds them: `ShiftSign` (RSign with
+    the ApproxSign backward) inputs, sign * mean|W| weights (detached scale, clipped STE, init N(0, 1e-3^2)),
+    `react_act` activations.  The convs carry no bias (BatchNorm follows), except the DPT residual conv units,
+    where the authors set it.
+    """
+
+    def input_binarizer(self, channels: int) -> nn.Module:
+        return ShiftSign(channels)
+
+    def has_bias(self, bias: bool, role: str) -> bool:
+        return bias and role == "rcu"
+
+    def act(self, channels: int, role: str = "block") -> nn.Module:
+        return react_act(channels, role)
+
+
+class ReActDPTDecoder(ReActConvMethod):
+    """The DPT decoder of the ViT baselines (`bibert`, `bit`, `bivit`) as the authors built it.
+
+    ReActNet convs and transposed convs, with BN and explicit residuals (added by the model); ``output_conv1``
+    (role "out") and the head's first 3x3 conv (role "head") stay full precision (float conv + BN); the residual
+    conv units use LearnableBias -> ReLU before each conv.
+    """
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
+        if role in ("out", "head"):
+            return Method.conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                               role)
+        return super().conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, role)
+
+    def act(self, channels: int, role: str = "block") -> nn.Module:
+        if role == "rcu":
+            return nn.Sequential(LearnableBias(channels), nn.ReLU())
+        return super().act(channels, role)

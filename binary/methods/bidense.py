@@ -1,12 +1,15 @@
-"""The BiDense method (PAPER.md 1.3-1.5, 6.2, 8) and its `cfb` ablation (PAPER.md "Other tables", 6.10).
+"""The BiDense method (arXiv 2411.10346: the DAB and the CFB in every binary conv unit) as released, and its `cfb`
+ablation.
 
 `bidense`: every conv unit is a `BiDenseConv2d` (DAB -> binary conv -> BN, + CFB); strided units are `BypassDown`
 (avg-pooled bypass), upsampling units `BypassUp` (nearest-upsampled bypass); activations LearnableBias -> PReLU,
 the full RPReLU after the FPN fusion and ReLU in the head.  The ViT backbone is the BiViT one, as released
-(`BiViTLinear` with a learnable scale in qkv / proj, a detached one in the MLP; `BiViTAttention`; GELU).
+(`binary.transformer_layers`: `BiViTLinear` with a learnable scale in qkv / proj, a detached one in the MLP;
+`BiViTAttention`; GELU).
 
 `cfb`: the same structure with the ReActNet input binarizer (`ShiftSign`: LearnableBias + ApproxSign) instead of
-the DAB, i.e. binary conv units with the CFB but no DAB.
+the DAB, i.e. binary conv units with the CFB but no DAB.  Unlike the authors' earlier ablation it binarizes
+``out_conv1`` and the head 3x3 conv like `bidense` (README, "Where this implementation differs ...": cfb ablation).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 from torch import nn
 
 from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BypassDown, BypassUp
-from binary.methods import register
-from binary.methods.base import Method
-from binary.methods.react import react_act
+from binary.methods.base import Method, react_act
+from binary.methods.registry import register
+from binary.transformer_layers import BiViTAttention, BiViTLinear
 
 
 @register("bidense")
@@ -32,7 +35,9 @@ class BiDense(Method):
         """`BiDenseConv2d` (stride 1) or `BypassDown` (stride > 1, whose bypass is average-pooled)."""
         if stride != 1:
             if dilation != 1:
-                raise ValueError(f"{self.name}: a strided conv unit ({role}) cannot be dilated (dilation={dilation})")
+                raise ValueError(
+                    f"{self.binary_type}: a strided conv unit ({role}) cannot be dilated (dilation={dilation})"
+                )
             return BypassDown(in_channels, out_channels, kernel_size, stride, padding, groups, bias, self.binarizer)
         return BiDenseConv2d(in_channels, out_channels, kernel_size, 1, padding, dilation, groups, bias,
                              binarizer=self.binarizer)
@@ -53,7 +58,7 @@ class BiDense(Method):
                                           bias, binarizer=self.binarizer)
         if kernel_size == stride and padding == 0 and output_padding == 0 and groups == 1:
             return BypassUp(in_channels, out_channels, stride, bias, binarizer=self.binarizer)
-        raise ValueError(f"{self.name}: a strided transposed conv unit ({role}) needs kernel_size == stride, no "
+        raise ValueError(f"{self.binary_type}: a strided transposed conv unit ({role}) needs kernel_size == stride, no "
                          f"padding and groups 1 for its upsampled bypass; got kernel_size={kernel_size}, "
                          f"stride={stride}, padding={padding}, output_padding={output_padding}, groups={groups}")
 
@@ -62,15 +67,11 @@ class BiDense(Method):
         return react_act(channels, role)
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:
-        """BiViT linear layers (PAPER.md 6.2): learnable scale in "qkv" and "proj", detached in "fc1"/"fc2"."""
-        from binary.methods.bivit import BiViTLinear
-
+        """BiViT linear layers, as released: learnable scale in "qkv" and "proj", detached in "fc1"/"fc2"."""
         return BiViTLinear(in_features, out_features, bias=bias, learnable_scale=role in ("qkv", "proj"))
 
     def attention(self, head_dim: int, num_heads: int) -> nn.Module:
-        """BiViT's softmax-aware binary attention (PAPER.md 6.2)."""
-        from binary.methods.bivit import BiViTAttention
-
+        """BiViT's softmax-aware binary attention, as released."""
         return BiViTAttention(head_dim, num_heads)
 
 

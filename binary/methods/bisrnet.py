@@ -1,5 +1,5 @@
 """BiSRNet (Cai et al., NeurIPS 2023, "Binarized Spectral Compressive Imaging", arXiv 2305.10299) as the authors'
-baseline code builds it (PAPER.md section 4).
+baseline code builds it.
 
 BiSR-Conv: a learnable per-channel redistribution x' = k_c x + b_c (init k = 1, b = 0) before the sign; the sign's
 backward is the scalable tanh, d tanh(beta x')/dx' = beta (1 - tanh^2(beta x')), with a learnable scalar beta
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from binary.functional import binarize_weight
-from binary.layers import RPReLU
-from binary.methods import register
-from binary.methods.react import BinarizedConv2d, ReAct
+from binary.layers import BinaryConv2d, RPReLU
+from binary.methods.base import ReActConvMethod
+from binary.methods.registry import register
 
 
 class _ScalableTanhSign(torch.autograd.Function):
@@ -55,8 +55,8 @@ class BiSRSign(nn.Module):
 
 def bisr_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:
     """A bare BiSR-Conv (no BN, no bias): `BiSRSign` input, sign * mean|W| weights initialised N(0, 1e-3^2)."""
-    conv = BinarizedConv2d(in_channels, out_channels, kernel_size, stride, padding,
-                           input_binarizer=BiSRSign(in_channels), weight_binarizer=binarize_weight)
+    conv = BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                        input_binarizer=BiSRSign(in_channels), weight_binarizer=binarize_weight)
     nn.init.normal_(conv.weight, std=1e-3)
     return conv
 
@@ -80,7 +80,7 @@ class BiSRDown(nn.Module):
 
 
 @register("bisrnet")
-class BiSRNet(ReAct):
+class BiSRNet(ReActConvMethod):
     """BiSRNet baseline: BiSR-Conv (redistribution + scalable-tanh sign), RPReLU-style activations, BiSR down."""
 
     def input_binarizer(self, channels: int) -> nn.Module:

@@ -1,5 +1,5 @@
 """BiT (Liu et al., NeurIPS 2022, arXiv 2205.13016) on the ViT, as the authors' baseline code builds it
-(PAPER.md section 4, 6.11 and 8.6).
+with one fix (README, "Where this implementation differs from the released code, and why": baselines).
 
 Elastic binarization (`ElasticBinarizer`, from Learned Step-size Quantization) with a learnable layer-wise scale
 alpha: signed inputs map to {-alpha, alpha} = alpha sign(x), non-negative ones (the attention probabilities) to
@@ -10,9 +10,9 @@ sum(g (1[q > 1] + 1[0 <= q <= 1] (round(q) - q))) / sqrt(n) (unsigned).
 Linear layers (`BiTLinear`): a learnable per-feature shift (LearnableBias, init 0) then the signed elastic
 binarizer on the input; BWN weights sign(W - mean W) * ||W||_1 / n (layer-wise scalars; identity backward).
 Attention (`BiTAttention`): Q, K, V each through their own signed binarizer, A = softmax(Q_b K_b^T / sqrt(D)),
-A_b through an unsigned one, output A_b V_b.  Fix (PAPER.md 6.11, 8.6): K and V are binarized from K and V; the
-authors' code binarized all three from Q.  No distillation (nor in the authors' code).  GELU stays; the DPT decoder
-is the authors' ReActNet-style one (`ReActDPT`).
+A_b through an unsigned one, output A_b V_b.  Fix: K and V are binarized from K and V; the authors' code
+binarized all three from Q.  No distillation (nor in the authors' code).  GELU stays; the DPT decoder is the
+authors' ReActNet-style one (`ReActDPTDecoder`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 from binary.layers import LearnableBias
-from binary.methods import register
-from binary.methods.react import ReActDPT
+from binary.methods.base import ReActDPTDecoder
+from binary.methods.registry import register
 
 ALPHA_MIN = 1e-5
 
@@ -145,7 +145,7 @@ class BiTAttention(nn.Module):
 
 
 @register("bit")
-class BiT(ReActDPT):
+class BiT(ReActDPTDecoder):
     """BiT baseline: `BiTLinear` everywhere in the ViT, `BiTAttention`, GELU; ReActNet decoder."""
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:

@@ -1,7 +1,8 @@
 import torch
 
 import binary
-from binary.methods.adabin import AdaBinActivation, Maxout, adabin_weight, sign_ede
+from binary.functional import sign_ste
+from binary.methods.adabin import EDE, AdaBinActivation, Maxout, adabin_weight
 
 POINTS = torch.tensor([-12.0, -2.0, -0.5, 0.0, 0.5, 1.0, 30.0])
 
@@ -12,7 +13,7 @@ def _ede(u):
 
 def test_sign_ede_uses_fixed_k10_t01():
     u = POINTS.clone().requires_grad_(True)
-    y = sign_ede(u)
+    y = sign_ste(u, EDE)
     y.sum().backward()
     assert torch.equal(y.detach(), torch.sign(POINTS))
     assert torch.allclose(u.grad, _ede(POINTS))

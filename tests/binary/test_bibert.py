@@ -2,8 +2,9 @@ import torch
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
-from binary.methods.bibert import BiBERTAttention, BiBERTLinear, bibert_weight, bool_ste
+from binary.counting import BinaryLayer
+from binary.functional import sign_ste
+from binary.methods.bibert import BOOL_STE, BiBERTAttention, BiBERTLinear, bibert_weight
 
 
 def test_bibert_weight_unscaled_clipped_gradient_through_centring():
@@ -32,9 +33,9 @@ def test_bibert_linear_is_float_linear_on_signs():
     assert torch.allclose(x.grad, (g @ wb) * (x.detach().abs() <= 1), atol=1e-6)
 
 
-def test_bool_ste_values_and_strict_clip():
+def test_bibert_bool_values_and_strict_clip():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], requires_grad=True)
-    y = bool_ste(x)
+    y = sign_ste(x, BOOL_STE, unsigned=True)
     y.sum().backward()
     assert torch.equal(y.detach(), torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
     assert torch.equal(x.grad, torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]))

@@ -1,4 +1,4 @@
-"""The `bidense` and `cfb` methods: which layers they hand to the models (PAPER.md 1.3-1.5, 6.2)."""
+"""The `bidense` and `cfb` methods: which layers they hand to the models, as released."""
 
 import pytest
 import torch
@@ -50,7 +50,7 @@ def test_activations_by_role():
 
 
 def test_vit_pieces_are_bivit():
-    from binary.methods.bivit import BiViTAttention, BiViTLinear
+    from binary.transformer_layers import BiViTAttention, BiViTLinear
 
     method = binary.get_method("bidense")
     qkv, fc1 = method.linear(8, 24, role="qkv"), method.linear(8, 32, role="fc1")

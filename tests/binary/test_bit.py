@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 from binary.methods.bit import BiTAttention, BiTLinear, ElasticBinarizer, bwn_weight
 
 

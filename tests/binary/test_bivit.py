@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
-from binary.methods.bivit import BiViTAttention, BiViTLinear
-from binary.methods.react import BinarizedConv2d, BinarizedConvTranspose2d
+from binary.counting import BinaryLayer
+from binary.layers import BinaryConv2d, BinaryConvTranspose2d
+from binary.transformer_layers import BiViTAttention, BiViTLinear
 
 # Inputs straddling the clip points of the STE: inside (-1, 1), outside, exactly 0 and exactly +-1.
 X = torch.tensor([[0.5, -0.3, 1.5, -2.0, 0.0, 1.0], [-1.0, 0.9, -0.2, 3.0, 0.7, -0.6]])
@@ -96,12 +96,12 @@ def test_bivit_method_layers():
     assert isinstance(method.vit_act(8), nn.GELU)
     # decoder: ReActNet convs with BN; output_conv1 and the head's 3x3 conv full precision
     unit = method.conv(8, 6, 3, padding=1, role="rcu", bias=True)
-    assert isinstance(unit[0], BinarizedConv2d) and unit[0].bias is not None
+    assert isinstance(unit[0], BinaryConv2d) and unit[0].bias is not None
     assert isinstance(unit[1], nn.BatchNorm2d) and unit(torch.randn(2, 8, 5, 5)).shape == (2, 6, 5, 5)
     assert type(method.conv(8, 6, 3, padding=1, role="out")[0]) is nn.Conv2d
     assert type(method.conv(8, 6, 3, padding=1, role="head")[0]) is nn.Conv2d
     up = method.up(4, 4, 4)
-    assert isinstance(up[0], BinarizedConvTranspose2d) and up(torch.randn(1, 4, 3, 3)).shape == (1, 4, 12, 12)
+    assert isinstance(up[0], BinaryConvTranspose2d) and up(torch.randn(1, 4, 3, 3)).shape == (1, 4, 12, 12)
     assert method.down(4, 4, 3, 2, 1)(torch.randn(1, 4, 7, 7)).shape == (1, 4, 4, 4)
 
 

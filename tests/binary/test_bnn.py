@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 
 
 def test_bnn_conv_is_float_conv_on_signs_with_clipped_gradients():

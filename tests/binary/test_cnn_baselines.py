@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 
 
 @pytest.mark.parametrize("name", ["bnn", "react", "adabin", "bisrnet"])

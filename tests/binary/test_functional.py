@@ -1,9 +1,14 @@
-"""binary.functional against formulas written out here (PAPER.md 1.1, 1.2, 1.4, 8)."""
+"""binary.functional against formulas written out here (arXiv 2411.10346: the DAB equations and the CFB; the
+released code's granularity, weight binarizer and channel mapping)."""
 
 import pytest
 import torch
 
 from binary.functional import (
+    APPROX_SIGN,
+    CLIPPED,
+    ClippedSTE,
+    ErrorDecaySTE,
     add_channel_adaptive_bypass_,
     approx_sign,
     binarize_weight,
@@ -11,6 +16,7 @@ from binary.functional import (
     channel_adaptive_bypass,
     dab,
     dab_conv2d,
+    sign_ste,
 )
 
 D = torch.float64
@@ -25,8 +31,69 @@ def test_approx_sign_forward_and_hand_gradients():
     assert x.grad.tolist() == [0.0, 0.0, 0.5, 1.5, 2.0, 1.5, 1.0, 0.0, 0.0]
 
 
+# The boundary |x| == 1 and the origin are on purpose: the estimators differ exactly there.
+BOUNDARY_POINTS = [-3.0, -1.0, -0.999, -0.5, 0.0, 0.5, 0.999, 1.0, 3.0]
+
+
+def _clipped_reference(x: list[float], closed: bool) -> list[float]:
+    return [1.0 if (abs(v) <= 1 if closed else abs(v) < 1) else 0.0 for v in x]
+
+
+@pytest.mark.parametrize("closed", [True, False])
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_sign_ste_clipped_forward_and_boundary_gradient(closed, unsigned):
+    x = torch.tensor(BOUNDARY_POINTS, dtype=D, requires_grad=True)
+    y = sign_ste(x, ClippedSTE(closed=closed), unsigned=unsigned)
+    want = [(1.0 if v > 0 else 0.0) if unsigned else (v > 0) - (v < 0) for v in BOUNDARY_POINTS]
+    assert y.tolist() == want
+    g = torch.arange(1.0, 10.0, dtype=D)
+    y.backward(g)
+    mask = _clipped_reference(BOUNDARY_POINTS, closed)
+    assert x.grad.tolist() == [gi * m for gi, m in zip(g.tolist(), mask, strict=True)]
+
+
+def test_sign_ste_defaults_to_closed_clip():
+    assert CLIPPED == ClippedSTE(closed=True)
+    x = torch.tensor([-1.0, 1.0, 1.5], dtype=D, requires_grad=True)
+    sign_ste(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_sign_ste_approx_sign_is_bi_real_derivative_with_zero_at_boundary():
+    x = torch.tensor(BOUNDARY_POINTS, dtype=D, requires_grad=True)
+    y = sign_ste(x, APPROX_SIGN)
+    y.sum().backward()
+    assert y.tolist() == [-1, -1, -1, -1, 0, 1, 1, 1, 1]
+    # d/dx of F: 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere (so 0 at x = -1 from the left branch's 2 + 2x)
+    want = [2 + 2 * v if -1 <= v < 0 else 2 - 2 * v if 0 <= v < 1 else 0.0 for v in BOUNDARY_POINTS]
+    assert torch.allclose(x.grad, torch.tensor(want, dtype=D))
+    z = torch.tensor(BOUNDARY_POINTS, dtype=D, requires_grad=True)
+    approx_sign(z).sum().backward()
+    assert torch.equal(z.grad, x.grad)
+
+
+def test_sign_ste_error_decay_gradient():
+    x = torch.tensor(BOUNDARY_POINTS, dtype=D, requires_grad=True)
+    y = sign_ste(x, ErrorDecaySTE(k=3.0, t=0.5))
+    g = torch.linspace(-1, 2, 9, dtype=D)
+    y.backward(g)
+    assert torch.equal(y.detach(), torch.sign(x.detach()))
+    xs = torch.tensor(BOUNDARY_POINTS, dtype=D)
+    assert torch.allclose(x.grad, g * 3.0 * 0.5 / torch.cosh(0.5 * xs) ** 2)  # k t sech^2(t x) = k t (1 - tanh^2)
+
+
+def test_sign_ste_scale_is_forward_only():
+    x = torch.tensor([[-2.0, 0.5, 1.0], [0.25, -0.75, 4.0]], dtype=D, requires_grad=True)
+    scale = torch.tensor([[3.0], [0.5]], dtype=D, requires_grad=True)
+    y = sign_ste(x, scale=scale)
+    assert y.tolist() == [[-3.0, 3.0, 3.0], [0.5, -0.5, 0.5]]
+    y.sum().backward()
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]  # not multiplied by the scale
+    assert scale.grad is None
+
+
 def _dab_reference(x, k, b, a, dims):
-    """Straight from PAPER.md 1.1, with the Bi-Real F(s) and detached statistics."""
+    """Straight from the DAB equations of arXiv 2411.10346, with the Bi-Real F(s) and detached statistics."""
     mean = x.detach().mean(dims, keepdim=True)
     s = x - (k * mean + b)
     big_f = torch.where(s < -1, -torch.ones_like(s),
@@ -109,7 +176,7 @@ def test_binarize_weight_centered():
 
 
 def _cfb_rule(x: torch.Tensor, c_out: int) -> torch.Tensor:
-    """PAPER.md 1.4 written channel by channel: tiles, strided means, tail mean."""
+    """The released CFB channel mapping written channel by channel: tiles, strided means, tail mean."""
     c = x.shape[1]
     r, m = divmod(c_out, c)
     chans = [x[:, j % c] for j in range(r * c)]

@@ -5,16 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 from binary.functional import binarize_weight, channel_adaptive_bypass, dab
 from binary.layers import (
     DAB,
     BiDenseConv2d,
     BiDenseConvTranspose2d,
     BiDenseLinear,
-    BinaryConv2d,
-    BinaryConvTranspose2d,
-    BinaryLinear,
+    BinaryWeightConv2d,
+    BinaryWeightConvTranspose2d,
+    BinaryWeightLinear,
     BypassDown,
     BypassUp,
     LearnableBias,
@@ -112,7 +112,7 @@ def test_bypass_down_and_up():
     assert y.shape == (2, 4, 6, 8)
     assert torch.allclose(y, up.body(x) + channel_adaptive_bypass(x.repeat_interleave(2, 2).repeat_interleave(2, 3), 4),
                           atol=1e-6)
-    assert isinstance(up.body.conv, BinaryConvTranspose2d) and isinstance(up.body.conv, nn.ConvTranspose2d)
+    assert isinstance(up.body.conv, BinaryWeightConvTranspose2d) and isinstance(up.body.conv, nn.ConvTranspose2d)
 
 
 def test_bidense_conv_transpose_equals_float_on_signs_and_scale_per_input_channel():
@@ -132,7 +132,7 @@ def test_bidense_conv_transpose_equals_float_on_signs_and_scale_per_input_channe
 
 def test_binary_conv_layers_equal_float_layers_on_binarized_weights():
     torch.manual_seed(5)
-    conv = BinaryConv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2, bias=True)
+    conv = BinaryWeightConv2d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2, bias=True)
     x = torch.sign(torch.randn(2, 4, 7, 7))
     w = conv.weight
     want = F.conv2d(x, torch.sign(w) * w.abs().mean((1, 2, 3), keepdim=True), conv.bias, 2, 1, 1, 2)
@@ -143,7 +143,7 @@ def test_binary_conv_layers_equal_float_layers_on_binarized_weights():
 def test_bidense_linear_tokens():
     torch.manual_seed(6)
     lin = BiDenseLinear(6, 9)
-    assert isinstance(lin.linear, BinaryLinear) and isinstance(lin.linear, BinaryLayer)
+    assert isinstance(lin.linear, BinaryWeightLinear) and isinstance(lin.linear, BinaryLayer)
     assert lin.norm.eps == 1e-6
     x = torch.randn(2, 5, 6, requires_grad=True)
     y = lin(x)
@@ -224,7 +224,7 @@ def test_fused_unit_matches_composition_values_grads_and_running_stats(transpose
 
 
 def test_shared_unit_runs_three_times_before_backward():
-    """The UperNet FPN smooth conv is one module applied three times (PAPER.md 1.5)."""
+    """The UperNet FPN smooth conv is one module applied three times, as released."""
     unit = BiDenseConv2d(4, 4, 3, padding=1)
     xs = [torch.randn(2, 4, s, s, requires_grad=True) for s in (8, 4, 2)]
     sum(unit(x).sum() for x in xs).backward()

@@ -3,9 +3,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
-from binary.layers import LearnableBias, RPReLU
-from binary.methods.react import BinarizedConv2d, BinarizedConvTranspose2d, RSign, sign_ste
+from binary.counting import BinaryLayer
+from binary.functional import sign_ste
+from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias, RPReLU, ShiftSign
 
 POINTS = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
 
@@ -19,7 +19,7 @@ def test_sign_ste_values_and_clipped_gradient():
 
 
 def test_rsign_shift_and_approx_sign_gradient():
-    rsign = RSign(2)
+    rsign = ShiftSign(2)
     with torch.no_grad():
         rsign.move.bias.copy_(torch.tensor([0.25, -0.5]))
     x = torch.stack([POINTS, POINTS]).reshape(1, 2, 7, 1).requires_grad_(True)
@@ -62,7 +62,7 @@ def test_react_transposed_conv_scales_per_input_channel():
     torch.manual_seed(1)
     up = binary.get_method("react").up(3, 5, 2)
     conv = up[0]
-    assert isinstance(conv, BinarizedConvTranspose2d) and isinstance(conv, BinaryLayer) and conv.bias is None
+    assert isinstance(conv, BinaryConvTranspose2d) and isinstance(conv, BinaryLayer) and conv.bias is None
     x = torch.randn(2, 3, 4, 4)
     w = conv.weight.detach()  # [C_in, C_out, k, k]
     expected = F.conv_transpose2d(torch.sign(x), torch.sign(w) * w.abs().mean((1, 2, 3), keepdim=True), stride=2)
@@ -74,7 +74,7 @@ def test_react_method_units_and_activations():
     method = binary.get_method("react")
     assert method.binary and not method.bypass and not method.standard
     unit = method.conv(8, 16, 1, bias=True, role="pw1")
-    assert isinstance(unit[0], BinarizedConv2d) and isinstance(unit[0], BinaryLayer)
+    assert isinstance(unit[0], BinaryConv2d) and isinstance(unit[0], BinaryLayer)
     assert unit[0].bias is None and isinstance(unit[1], nn.BatchNorm2d)
     assert method.conv(8, 8, 3, padding=1, bias=True, role="rcu")[0].bias is not None
     assert unit[0].weight.std() < 5e-3  # N(0, 1e-3^2) initialisation

@@ -1,7 +1,8 @@
-"""Params and OPs of the UPerNet-ConvNeXt-T baselines and the cfb ablation at 1x3x480x480 (PAPER.md 2, 8.10).
+"""Params and OPs of the UPerNet-ConvNeXt-T baselines and the cfb ablation at 1x3x480x480 (arXiv 2411.10346,
+Table 1; convention in the README, "Training and evaluation", Parameters and OPs).
 
-Locked to the figures `binary.summary` gives today (issue 5), and the authors' count compared to Table 1. One
-forward pass per method at the authors' profiling input, in a module-scoped fixture:
+Locked to the figures `binary.summary` gives (the README table of every method), and the authors' count compared
+to Table 1. One forward pass per method at the authors' profiling input, in a module-scoped fixture:
 
     Params = 32-bit state-dict entries + 1-bit weights / 32      (``params``; ``params_paper`` also divides the
                                                                    final full-precision classifier weight by 32)
@@ -31,7 +32,8 @@ STEM_MACS = (480 // 4) ** 2 * 96 * 3 * 4 * 4
 CLASSIFIER_MACS = 480 * 480 * ADE20K * 128
 # The float mirror fp32_0 runs the same convolutions in 32 bits (tests/models/test_model_counts.py locks it).
 FP32_0_MACS = 69_333_633_792
-# The classifier's weight, which the authors' count divides by 32 (PAPER.md 8.10).
+# The classifier's weight, which the authors' count divides by 32 (README, "Where this implementation differs ...",
+# Params).
 CLASSIFIER_PARAMS = ADE20K * 128
 
 

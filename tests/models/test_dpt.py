@@ -93,7 +93,7 @@ def _zero_(module: nn.Module) -> None:
 @pytest.mark.parametrize("name", ["fp32", "fp32_0", *[m for m in METHODS if get_method(m).binary]])
 def test_residual_conv_unit_form(name: str) -> None:
     """Zeroed conv units expose the residual structure: bypass methods have none outside their units, the other
-    binary methods one around each unit, the float ones one around the pair (PAPER.md 1.5, 4)."""
+    binary methods one around each unit, the float ones one around the pair, as released."""
     method = get_method(name)
     torch.manual_seed(0)
     unit = ResidualConvUnit(method, 8).eval()
@@ -130,7 +130,7 @@ def test_fp32_is_the_standard_dpt() -> None:
 
 def test_non_binary_parts_are_the_same_for_every_method() -> None:
     """Methods change only the layers they supply: the FP patch embedding, LayerNorms, LayerScales, position
-    embedding and classifier sit at the same places in every non-standard model (PAPER.md 1.6)."""
+    embedding and classifier sit at the same places in every non-standard model, as released."""
 
     def fp_parts(model: DPT) -> dict[str, object]:
         parts: dict[str, object] = {

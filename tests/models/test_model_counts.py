@@ -1,4 +1,5 @@
-"""Params and OPs of UPerNet-ConvNeXt-T against the released code's figures (PAPER.md 8.10, issue 3).
+"""Params and OPs of UPerNet-ConvNeXt-T against the released code's figures (README, "Training and
+evaluation", Parameters and OPs).
 
 Params do not depend on the input, so they are counted on a small input; the OPs figures are measured at the
 authors' profiling input 1x3x480x480 (one forward pass each, in a module-scoped fixture).

@@ -10,7 +10,7 @@ from torch import nn
 
 import models
 from binary import get_method, list_methods
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 from models.backbones.convnext import ConvNeXt
 from models.upernet import FPNFuse
 
@@ -63,7 +63,7 @@ def test_smooth_conv_is_shared_and_listed_three_times() -> None:
 
 
 def test_fpn_pairs_adjacent_levels_and_residual_smooth() -> None:
-    """fp32_0 FPN against an independent computation: P_i = s(m_i) + m_i, m_i = up(L_{i+1}) + L_i (PAPER 1.5, 4)."""
+    """fp32_0 FPN against an independent computation: P_i = s(m_i) + m_i, m_i = up(L_{i+1}) + L_i, as released."""
     torch.manual_seed(0)
     fpn = FPNFuse(get_method("fp32_0"), [4, 8, 16, 32], fpn_out=4).eval()
     feats = [torch.randn(1, c, s, s) for c, s in zip([4, 8, 16, 32], [16, 8, 4, 2], strict=True)]
@@ -88,7 +88,7 @@ def test_fp32_is_the_official_convnext() -> None:
 
 
 def test_fp32_0_block_against_reference() -> None:
-    """fp32_0 block: y = x + BN(dw(x)); out = x + BN(pw2(GELU(BN(pw1(y))))) (PAPER 1.7)."""
+    """fp32_0 block: y = x + BN(dw(x)); out = x + BN(pw2(GELU(BN(pw1(y))))), as released."""
     torch.manual_seed(0)
     model = models.build_model("segmentation", "upernet", "fp32_0", num_classes=3).eval()
     block = model.backbone.stages[0][0]
@@ -100,7 +100,7 @@ def test_fp32_0_block_against_reference() -> None:
 
 
 def test_bypass_block_has_no_explicit_residual_and_no_conv_bias() -> None:
-    """bidense block: pw2(act(pw1(dw(x)))), the residual paths inside the units; convs without bias (PAPER 1.5)."""
+    """bidense block: pw2(act(pw1(dw(x)))), the residual paths inside the units; convs without bias, as released."""
     torch.manual_seed(0)
     model = models.build_model("segmentation", "upernet", "bidense", num_classes=3).eval()
     block = model.backbone.stages[1][0]

@@ -1,4 +1,5 @@
-"""binary.summary on a toy model whose Params, MACs and OPs are counted by hand (PAPER.md 8.10)."""
+"""binary.summary on a toy model whose Params, MACs and OPs are counted by hand (README, "Training and evaluation",
+Parameters and OPs)."""
 
 import json
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import binary
-from binary.base import BinaryLayer
+from binary.counting import BinaryLayer
 
 
 class SignConv2d(BinaryLayer, nn.Conv2d):
