@@ -34,21 +34,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return time.perf_counter() - start
 
 
-def bench_pair(model_type: str, methods: tuple[str, str], steps: int, warmup: int, batch: int, size: int) -> dict:
+def bench_pair(model_type: str, binary_types: tuple[str, str], steps: int, warmup: int, batch: int, size: int) -> dict:
     """Median step time of each method on ``model_type``, steps alternating between the two models."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
     runs = {}
-    for name in methods:
-        model = models.build_model("segmentation", model_type, name, num_classes=NUM_CLASSES).train()
-        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01), [])
+    for binary_type in binary_types:
+        model = models.build_model("segmentation", model_type, binary_type, num_classes=NUM_CLASSES).train()
+        runs[binary_type] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01), [])
     for step in range(warmup + steps):
         for model, optimizer, times in runs.values():
             seconds = train_step(model, optimizer, images, labels)
             if step >= warmup:
                 times.append(seconds)
-    return {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+    return {binary_type: statistics.median(times) for binary_type, (_, _, times) in runs.items()}
 
 
 def main() -> None:

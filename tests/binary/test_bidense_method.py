@@ -17,11 +17,11 @@ from binary.layers import (
 )
 
 
-@pytest.mark.parametrize("name", ["bidense", "cfb"])
-def test_conv_units_and_flags(name):
-    method = binary.get_method(name)
+@pytest.mark.parametrize("binary_type", ["bidense", "cfb"])
+def test_conv_units_and_flags(binary_type):
+    method = binary.get_method(binary_type)
     assert method.binary and method.bypass and not method.standard
-    binarizer = DAB if name == "bidense" else ShiftSign
+    binarizer = DAB if binary_type == "bidense" else ShiftSign
     unit = method.conv(8, 16, 3, padding=1, groups=2, bias=True, role="smooth")
     assert isinstance(unit, BiDenseConv2d) and isinstance(unit.binarizer, binarizer)
     assert unit.conv.groups == 2 and unit.conv.bias is not None and unit.bypass

@@ -6,10 +6,10 @@ import binary
 from binary.counting import BinaryLayer
 
 
-@pytest.mark.parametrize("name", ["bnn", "react", "adabin", "bisrnet"])
-def test_cnn_baseline_block_transition_and_head_train(name):
+@pytest.mark.parametrize("binary_type", ["bnn", "react", "adabin", "bisrnet"])
+def test_cnn_baseline_block_transition_and_head_train(binary_type):
     torch.manual_seed(0)
-    method = binary.get_method(name)
+    method = binary.get_method(binary_type)
     assert method.binary and not method.bypass and not method.standard
     dim = 4
     dw = method.conv(dim, dim, 7, padding=3, groups=dim, bias=True, role="dw")

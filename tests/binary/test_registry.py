@@ -14,8 +14,8 @@ import binary
 def test_unknown_method_lists_valid_names():
     with pytest.raises(KeyError) as err:
         binary.get_method("xnor++")
-    for name in ("fp32", "fp32_0"):
-        assert name in str(err.value)
+    for binary_type in ("fp32", "fp32_0"):
+        assert binary_type in str(err.value)
 
 
 def test_float_mirror_conv_unit_is_conv_then_bn():

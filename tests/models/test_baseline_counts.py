@@ -16,7 +16,7 @@ import pytest
 from models.summary import TABLE1, summarize
 
 ADE20K = 151
-METHODS = ("bnn", "react", "adabin", "bisrnet", "cfb")
+BINARY_TYPES = ("bnn", "react", "adabin", "bisrnet", "cfb")
 
 # binary_type -> (1-bit weight entries, 32-bit entries, binary MACs) at 1x3x480x480, ADE20K head.
 LOCKED = {
@@ -39,10 +39,13 @@ CLASSIFIER_PARAMS = ADE20K * 128
 
 @pytest.fixture(scope="module")
 def at_480() -> dict[str, dict]:
-    return {name: summarize("segmentation", "upernet", name, (480, 480), num_classes=ADE20K) for name in METHODS}
+    return {
+        binary_type: summarize("segmentation", "upernet", binary_type, (480, 480), num_classes=ADE20K)
+        for binary_type in BINARY_TYPES
+    }
 
 
-@pytest.mark.parametrize("binary_type", METHODS)
+@pytest.mark.parametrize("binary_type", BINARY_TYPES)
 def test_counts_locked_at_480(at_480: dict[str, dict], binary_type: str) -> None:
     result = at_480[binary_type]
     binary_params, float_params, binary_macs = LOCKED[binary_type]

@@ -11,7 +11,7 @@ from models import build_model, supported_methods
 from models.backbones.vit import LayerScale, PatchEmbed
 from models.dpt import DPT, ResidualConvUnit
 
-METHODS = supported_methods("dpt")
+BINARY_TYPES = supported_methods("dpt")
 NUM_CLASSES, MAX_DEPTH = 5, 10.0
 
 
@@ -21,15 +21,15 @@ def _build(task: str, name: str, **kwargs: object) -> DPT:
 
 
 def test_the_released_dpt_methods_are_available() -> None:
-    assert {"fp32", "fp32_0", "bivit"} <= set(METHODS)
-    assert "react" not in METHODS  # a CNN baseline has no binary ViT
+    assert {"fp32", "fp32_0", "bivit"} <= set(BINARY_TYPES)
+    assert "react" not in BINARY_TYPES  # a CNN baseline has no binary ViT
 
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
-@pytest.mark.parametrize("name", METHODS)
-def test_every_dpt_trains_on_a_tiny_input(task: str, name: str) -> None:
+@pytest.mark.parametrize("binary_type", BINARY_TYPES)
+def test_every_dpt_trains_on_a_tiny_input(task: str, binary_type: str) -> None:
     torch.manual_seed(0)
-    model = _build(task, name).train()
+    model = _build(task, binary_type).train()
     x = torch.randn(1, 3, 56, 56)
     out = model(x)
     if task == "segmentation":
@@ -39,8 +39,8 @@ def test_every_dpt_trains_on_a_tiny_input(task: str, name: str) -> None:
         assert torch.all(out > 0) and torch.all(out < MAX_DEPTH)
     out.square().mean().backward()
     for param_name, param in model.named_parameters():
-        assert param.grad is not None, f"{name}: {param_name} gets no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
+        assert param.grad is not None, f"{binary_type}: {param_name} gets no gradient"
+        assert torch.isfinite(param.grad).all(), f"{binary_type}: {param_name} has a non-finite gradient"
     classifier = model.get_submodule(model.classifier_name)
     assert isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1)
     assert classifier.out_channels == (NUM_CLASSES if task == "segmentation" else 1)
@@ -90,11 +90,11 @@ def _zero_(module: nn.Module) -> None:
             param.zero_()
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp32_0", *[m for m in METHODS if get_method(m).binary]])
-def test_residual_conv_unit_form(name: str) -> None:
+@pytest.mark.parametrize("binary_type", ["fp32", "fp32_0", *[m for m in BINARY_TYPES if get_method(m).binary]])
+def test_residual_conv_unit_form(binary_type: str) -> None:
     """Zeroed conv units expose the residual structure: bypass methods have none outside their units, the other
     binary methods one around each unit, the float ones one around the pair, as released."""
-    method = get_method(name)
+    method = get_method(binary_type)
     torch.manual_seed(0)
     unit = ResidualConvUnit(method, 8).eval()
     x = torch.randn(2, 8, 5, 5)
@@ -145,12 +145,12 @@ def test_non_binary_parts_are_the_same_for_every_method() -> None:
     reference = fp_parts(_build("segmentation", "fp32_0"))
     # patch embed, 12 x (2 LayerNorms + 2 LayerScales), final norm, classifier, cls token, position embedding
     assert len(reference) == 1 + 12 * 4 + 1 + 1 + 2
-    for name in METHODS:
-        if name != "fp32_0" and not get_method(name).standard:
-            parts = fp_parts(_build("segmentation", name))
-            assert parts.keys() == reference.keys(), name
+    for binary_type in BINARY_TYPES:
+        if binary_type != "fp32_0" and not get_method(binary_type).standard:
+            parts = fp_parts(_build("segmentation", binary_type))
+            assert parts.keys() == reference.keys(), binary_type
             assert isinstance(parts["head.classifier"], nn.Conv2d) and type(parts["head.classifier"]) is nn.Conv2d
-            assert all(parts[k] == reference[k] for k in reference if k != "head.classifier"), name
+            assert all(parts[k] == reference[k] for k in reference if k != "head.classifier"), binary_type
 
 
 def test_pretrained_backbone_is_loaded(tmp_path) -> None:

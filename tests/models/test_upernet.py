@@ -14,10 +14,10 @@ from binary.counting import BinaryLayer
 from models.backbones.convnext import ConvNeXt
 from models.upernet import FPNFuse
 
-UPERNET_METHODS = models.supported_methods("upernet")
+UPERNET_BINARY_TYPES = models.supported_methods("upernet")
 
 
-@pytest.mark.parametrize("binary_type", UPERNET_METHODS)
+@pytest.mark.parametrize("binary_type", UPERNET_BINARY_TYPES)
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
 def test_forward_backward_shapes(task: str, binary_type: str) -> None:
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def _slots(model: nn.Module) -> dict[str, nn.Module]:
 def test_bidense_and_fp32_0_share_the_float_skeleton() -> None:
     """Same slots in the same order, same stem and classifier; every conv slot of bidense holds a binary layer
     and none of fp32_0 does: only the layers the method supplies differ."""
-    if "bidense" not in UPERNET_METHODS:
+    if "bidense" not in UPERNET_BINARY_TYPES:
         pytest.fail("the bidense method is not registered")
     float_model = models.build_model("segmentation", "upernet", "fp32_0", num_classes=151)
     binary_model = models.build_model("segmentation", "upernet", "bidense", num_classes=151)
@@ -164,11 +164,11 @@ def test_unknown_names_fail_with_the_valid_list() -> None:
 
 
 def test_unsupported_method_fails_clearly() -> None:
-    unsupported = [name for name in list_methods() if name not in UPERNET_METHODS]
+    unsupported = [binary_type for binary_type in list_methods() if binary_type not in UPERNET_BINARY_TYPES]
     assert unsupported, "expected the ViT-only methods to be registered"
-    for name in unsupported:
-        with pytest.raises(ValueError, match=f"not defined for method {name!r}; available: .*fp32_0"):
-            models.build_model("segmentation", "upernet", name, num_classes=3)
+    for binary_type in unsupported:
+        with pytest.raises(ValueError, match=f"not defined for method {binary_type!r}; available: .*fp32_0"):
+            models.build_model("segmentation", "upernet", binary_type, num_classes=3)
 
 
 def test_pretrained_only_for_the_standard_model(tmp_path) -> None:

@@ -184,9 +184,9 @@ def test_input_not_a_multiple_of_the_patch_fails_clearly() -> None:
         model(torch.randn(1, 3, 50, 56))
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_every_method_builds_a_backbone_that_trains(name: str) -> None:
-    model = VisionTransformer(get_method(name), img_size=56, depth=3)
+@pytest.mark.parametrize("binary_type", list_methods())
+def test_every_method_builds_a_backbone_that_trains(binary_type: str) -> None:
+    model = VisionTransformer(get_method(binary_type), img_size=56, depth=3)
     grids = model.get_intermediate_layers(torch.randn(1, 3, 28, 42), 2, reshape=True)
     assert [g.shape for g in grids] == [(1, DIM, 2, 3)] * 2
     sum(g.square().mean() for g in grids).backward()
