@@ -11,7 +11,7 @@ def _ede(u):
     return 10 * 0.1 * (1 - torch.tanh(0.1 * u) ** 2)
 
 
-def test_sign_ede_uses_fixed_k10_t01():
+def test_ede_sign_uses_fixed_k10_t01():
     u = POINTS.clone().requires_grad_(True)
     y = sign_ste(u, EDE)
     y.sum().backward()
