@@ -60,6 +60,8 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     accumulation(cfg, devices)
     if args.resume and args.weights:
         raise ConfigError("--resume and --weights exclude each other (--resume restores the weights too)")
+    if cfg.MODEL.PRETRAINED:
+        load_checkpoint(cfg.MODEL.PRETRAINED, lightning=False, what="MODEL.PRETRAINED file")
     start = args.resume or args.weights
     ckpt = load_checkpoint(start) if start else None
     if ckpt is not None:
@@ -132,12 +134,11 @@ def check_launcher(cfg: CfgNode) -> None:
 
 
 def build_module(module_cls: type[TaskModule], cfg: CfgNode, pretrained: bool = True) -> L.LightningModule:
-    """``module_cls.from_config(cfg)``; a MODEL.PRETRAINED file that cannot be loaded is a ConfigError naming it."""
+    """``module_cls.from_config(cfg)``; a MODEL.PRETRAINED file that does not fit the backbone is a ConfigError
+    naming the key and the file (the file itself was read safely by `fit` before: `load_checkpoint`)."""
     path = cfg.MODEL.PRETRAINED if pretrained else ""
     if not path:
         return module_cls.from_config(cfg, pretrained=pretrained)
-    if not Path(path).is_file():
-        raise ConfigError(f"MODEL.PRETRAINED {path}: {'not a file' if Path(path).exists() else 'not found'}")
     try:
         return module_cls.from_config(cfg, pretrained=True)
     except Exception as err:  # the loaders raise many types for a file that is not a checkpoint of this backbone

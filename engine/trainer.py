@@ -90,8 +90,8 @@ def accumulation(cfg: CfgNode, devices: Devices) -> int:
     if t.BATCH_SIZE % per_step:
         raise ConfigError(
             f"TRAINING.BATCH_SIZE {t.BATCH_SIZE} is not a multiple of TRAINING.BATCH_SIZE_ON_1_GPU "
-            f"{t.BATCH_SIZE_ON_1_GPU} x {devices.count} process(es) x TRAINING.NUM_NODES {t.NUM_NODES} = {per_step}, "
-            f"so that effective batch cannot be reached by gradient accumulation; change one of them")
+            f"{t.BATCH_SIZE_ON_1_GPU} x {devices.count} process(es) x TRAINING.NUM_NODES {t.NUM_NODES} = {per_step}: "
+            f"gradient accumulation cannot reach that effective batch; change one of them")
     return t.BATCH_SIZE // per_step
 
 
