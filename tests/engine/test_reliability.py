@@ -282,7 +282,7 @@ def test_unwritable_run_folder_is_a_one_line_error(tmp_path):
     blocker.write_text("a file where the run folder should go\n")
     proc = train("OUTPUT_DIR", str(blocker), "DATASET.DATA_PATH", str(tmp_path / "data"), ok=False)
     line = error_line(proc)
-    assert line.startswith(f"train_segmentation.py: error: cannot create the run folder {blocker}/segmentation "
+    assert line.startswith(f"train_segmentation.py: error: cannot create the run folder {blocker}/{RUN} "
                            f"(OUTPUT_DIR {blocker}): Not a directory"), line
     assert blocker.read_text() == "a file where the run folder should go\n"
 
@@ -609,3 +609,33 @@ def test_task_modules_name_the_key_of_an_empty_loss():
     assert depth.empty_loss_message(0) == ("no ground-truth depth of epoch 0 lies above TRAINING.LOSS_MIN_DEPTH "
                                            "(20.0 m): the loss was 0 for the whole epoch; lower "
                                            "TRAINING.LOSS_MIN_DEPTH or check the depth maps under DATASET.GT_PATH")
+
+
+def test_signals_become_interrupted_with_the_conventional_status():
+    """Inside a Lightning loop: SIGTERMException (SIGTERM) -> 143, Lightning's sys.exit(1) after a KeyboardInterrupt
+    (SIGINT) -> 130, any other exit unchanged. Outside: the installed SIGTERM handler raises at once."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from engine.interrupt import Interrupted, install, lightning_signals
+
+    with pytest.raises(Interrupted) as err, lightning_signals(lambda s: f"stopped by {signal.Signals(s).name}"):
+        raise SIGTERMException
+    assert (err.value.exit_code, str(err.value)) == (143, "stopped by SIGTERM")
+    with pytest.raises(Interrupted) as err, lightning_signals(lambda s: f"stopped by {signal.Signals(s).name}"):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+    assert (err.value.exit_code, str(err.value)) == (130, "stopped by SIGINT")
+    with pytest.raises(SystemExit) as plain, lightning_signals(str):
+        sys.exit(3)
+    assert plain.value.code == 3
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        install()
+        with pytest.raises(Interrupted) as err:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert err.value.exit_code == 143 and "interrupted by SIGTERM before training" in str(err.value)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
