@@ -21,7 +21,7 @@ from types import FrameType
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
-class Interrupted(BaseException):  # noqa: N818 - a BaseException like KeyboardInterrupt, not an error
+class Interrupted(BaseException):
     """The run was stopped by a signal; the message says what was kept and how to continue."""
 
     def __init__(self, signum: int, message: str) -> None:

@@ -94,8 +94,8 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
         if not last:
             return (f"interrupted by {name} in epoch {trainer.current_epoch}, before any checkpoint was written; "
                     f"start again with: {resume_command(args, None)}")
-        return (f"interrupted by {name} in epoch {trainer.current_epoch} ({last} holds the epochs before it, which "
-                f"restarts); continue with: {resume_command(args, last)}")
+        return (f"interrupted by {name} in epoch {trainer.current_epoch}; checkpoint {last} is kept and the epoch "
+                f"restarts from it; continue with: {resume_command(args, last)}")
 
     with lightning_signals(stopped):
         trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
@@ -133,14 +133,14 @@ def check_launcher(cfg: CfgNode) -> None:
                           f"(--nodes {nodes} --ntasks-per-node GPUS); this process was started by neither")
 
 
-def build_module(module_cls: type[TaskModule], cfg: CfgNode, pretrained: bool = True) -> L.LightningModule:
+def build_module(module_cls: type[TaskModule], cfg: CfgNode) -> L.LightningModule:
     """``module_cls.from_config(cfg)``; a MODEL.PRETRAINED file that does not fit the backbone is a ConfigError
     naming the key and the file (the file itself was read safely by `fit` before: `load_checkpoint`)."""
-    path = cfg.MODEL.PRETRAINED if pretrained else ""
+    path = cfg.MODEL.PRETRAINED
     if not path:
-        return module_cls.from_config(cfg, pretrained=pretrained)
+        return module_cls.from_config(cfg)
     try:
-        return module_cls.from_config(cfg, pretrained=True)
+        return module_cls.from_config(cfg)
     except Exception as err:  # the loaders raise many types for a file that is not a checkpoint of this backbone
         raise ConfigError(f"MODEL.PRETRAINED {path} cannot be loaded into {cfg.MODEL.MODEL_TYPE} "
                           f"{cfg.MODEL.BINARY_TYPE}: {type(err).__name__}: {first_line(err)}") from err
@@ -156,7 +156,7 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
     check_checkpoint_matches(ckpt, args.checkpoint, module_cls.identity(cfg))
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
-    module = build_module(module_cls, cfg, pretrained=False)
+    module = module_cls.from_config(cfg, pretrained=False)
     check_state_dict(ckpt, args.checkpoint, module.state_dict())
     module.load_state_dict(ckpt["state_dict"])
     trainer = build_trainer(cfg, devices, None, None)

@@ -207,8 +207,8 @@ def test_sigterm_keeps_last_ckpt_says_how_to_resume_and_the_resume_matches(runs,
     assert proc.returncode == 143, stderr[-3000:]
     line = [line for line in stderr.splitlines() if line.strip()][-1]
     resume = ["python", "train_segmentation.py", SEG_DEMO, "--resume", str(last), *args]
-    assert line == (f"train_segmentation.py: interrupted by SIGTERM in epoch 1 ({last} holds the epochs before it, "
-                    f"which restarts); continue with: {shlex.join(resume)}")
+    assert line == (f"train_segmentation.py: interrupted by SIGTERM in epoch 1; checkpoint {last} is kept and the "
+                    f"epoch restarts from it; continue with: {shlex.join(resume)}")
     assert digests == [digest(last)] and load(last)["epoch"] == 0
     assert not list(last.parent.glob(".*.tmp"))
     continued = subprocess.run([sys.executable, *shlex.split(line.split("continue with: ", 1)[1])[1:]], cwd=REPO,
