@@ -22,7 +22,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class Interrupted(BaseException):
-    """The run was stopped by a signal; the message says what was kept and how to continue."""
+    """The run was stopped by a signal; the message says what was kept and how to continue.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on its way swallows it.
+    """
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
