@@ -87,9 +87,16 @@ class DepthModule(DenseTaskModule):
         hp = self.hparams
         return silog_loss(pred.float(), depth, hp.variance_focus, hp.loss_min_depth)
 
+    def empty_loss_message(self, epoch: int) -> str:
+        """No ground-truth depth of the epoch lay above the loss's minimum depth."""
+        return (f"no ground-truth depth of epoch {epoch} lies above TRAINING.LOSS_MIN_DEPTH "
+                f"({self.hparams.loss_min_depth} m): the loss was 0 for the whole epoch; lower "
+                f"TRAINING.LOSS_MIN_DEPTH or check the depth maps under DATASET.GT_PATH")
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, depth = batch
         loss = self._loss(self.model(image), depth)
+        self.count_loss_pixels((depth > self.hparams.loss_min_depth).sum())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=image.size(0))
         return loss

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch.nn import functional as F
 from yacs.config import CfgNode
 
 from engine.cli import build_parser, run_cli
@@ -89,7 +89,6 @@ class SegmentationModule(DenseTaskModule):
         self.model = build_model("segmentation", model_type, binary_type, num_classes=num_classes,
                                  pretrained=pretrained or None)
         self.ignore_index = num_classes - 1
-        self.criterion = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
         self.val_metric = SegmentationMetric(num_classes, self.ignore_index)
         self.test_metric = SegmentationMetric(num_classes, self.ignore_index)
         self._palette = torch.from_numpy(palette(dataset, num_classes))
@@ -113,9 +112,23 @@ class SegmentationModule(DenseTaskModule):
         """(metric kept by the best checkpoint, validation period in epochs)."""
         return "valid/mIoU", cfg.TRAINING.EVAL_FREQ
 
+    def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy averaged over the pixels not ignored, their count); 0, still connected to ``logits``,
+        when every pixel is ignored (where ``CrossEntropyLoss`` would give NaN)."""
+        count = (mask != self.ignore_index).sum()
+        total = F.cross_entropy(logits, mask, ignore_index=self.ignore_index, reduction="sum")
+        return total / count.clamp(min=1), count
+
+    def empty_loss_message(self, epoch: int) -> str:
+        """Every training pixel of the epoch carried the ignore label."""
+        return (f"every training pixel of epoch {epoch} has the ignore label {self.ignore_index} "
+                f"(MODEL.NUM_CLASSES - 1): the loss was empty for the whole epoch; check MODEL.NUM_CLASSES and the "
+                f"label files under DATASET.DATA_PATH")
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, mask = batch
-        loss = self.criterion(self.model(image), mask)
+        loss, count = self._loss(self.model(image), mask)
+        self.count_loss_pixels(count)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=image.size(0))
         return loss
@@ -123,7 +136,7 @@ class SegmentationModule(DenseTaskModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metric: SegmentationMetric, stage: str) -> None:
         image, mask = batch
         logits = self.model(image)
-        self.log(f"{stage}/loss", self.criterion(logits, mask), on_epoch=True, sync_dist=True,
+        self.log(f"{stage}/loss", self._loss(logits, mask)[0], on_epoch=True, sync_dist=True,
                  batch_size=image.size(0))
         pred = logits.argmax(dim=1)
         metric.update(pred, mask)

@@ -4,13 +4,15 @@ yacs' own ``merge_from_file`` raises a bare ``KeyError`` for a typo and refuses 
 ``float``; here every key is checked against the defaults first (naming the nearest valid key), values are decoded
 the way yacs decodes them (``ast.literal_eval`` on strings, so the authors' ``MAX_LR: 1e-4`` is a float), and the
 type is checked against the default with the lenient coercions a YAML writer expects (int -> float, number ->
-string).
+string). An empty YAML file and a key given twice in one mapping (which YAML loaders silently resolve to the last
+value) are errors, and the values are range-checked (README, Reliability).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,10 @@ def load_config(task: str, path: str | Path | None, overrides: Sequence[str] = (
     return cfg
 
 
+# numpy.random.seed accepts 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+PATH_KEYS = ("DATA_PATH", "GT_PATH", "DATA_PATH_EVAL", "GT_PATH_EVAL")
+
 PRECISIONS = ("32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true")
 
 
@@ -86,13 +92,48 @@ def _check_values(cfg: CfgNode, task: str, source: str) -> None:
     if task == "segmentation" and cfg.MODEL.NUM_CLASSES < 2:
         raise ConfigError(f"{source}: key MODEL.NUM_CLASSES must count the classes plus the ignore slot (>= 2), "
                           f"got {cfg.MODEL.NUM_CLASSES}")
+    if not 0 <= cfg.RANDOM_SEED <= MAX_SEED:
+        raise ConfigError(f"{source}: key RANDOM_SEED must lie in 0..{MAX_SEED}, got {cfg.RANDOM_SEED}")
+    d = cfg.DATASET
+    sizes = ({"DATASET.BASE_SIZE": d.BASE_SIZE, "DATASET.CROP_SIZE": d.CROP_SIZE} if task == "segmentation" else
+             {"DATASET.INPUT_HEIGHT": d.INPUT_HEIGHT, "DATASET.INPUT_WIDTH": d.INPUT_WIDTH})
+    for key, value in sizes.items():
+        if value <= 1:
+            raise ConfigError(f"{source}: key {key} must be at least 2 pixels, got {value}")
+    freq_key = "TRAINING.EVAL_FREQ" if task == "segmentation" else "ONLINE_EVAL.EVAL_FREQ"
+    freq = t.EVAL_FREQ if task == "segmentation" else cfg.ONLINE_EVAL.EVAL_FREQ
+    if freq < 0:
+        raise ConfigError(f"{source}: key {freq_key} must not be negative (0 = never), got {freq}")
+    if task == "depth":
+        e = cfg.ONLINE_EVAL
+        if not 0 <= e.MIN_DEPTH_EVAL < e.MAX_DEPTH_EVAL:
+            raise ConfigError(f"{source}: keys ONLINE_EVAL.MIN_DEPTH_EVAL ({e.MIN_DEPTH_EVAL}) and MAX_DEPTH_EVAL "
+                              f"({e.MAX_DEPTH_EVAL}) must satisfy 0 <= MIN_DEPTH_EVAL < MAX_DEPTH_EVAL")
+    for key in PATH_KEYS:
+        value = d.get(key)
+        if value and os.path.exists(value) and not os.path.isdir(value):
+            raise ConfigError(f"{source}: key DATASET.{key} {value} is a file; it must name a folder")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the plain loader keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path} cannot be read: {err}") from err
     except yaml.YAMLError as err:
@@ -101,7 +142,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from err
     if data is None:
-        return {}
+        raise ConfigError(f"config file {path} is empty; it must hold a mapping of KEY: value")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of KEY: value, not {type(data).__name__}")
     return data

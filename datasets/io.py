@@ -54,12 +54,39 @@ def require_file(path: str, what: str, expected: str) -> None:
         raise DataError(f"{what} not found: {path} (expected {expected})")
 
 
+# PIL modes whose conversion to RGB is defined by PIL: 8-bit grey (1, L, LA), palette (P, PA), colour (RGB, RGBA,
+# RGBX, CMYK, YCbCr, HSV). Alpha is dropped (the stored colours are kept, as OpenCV's colour read does).
+_CONVERTIBLE = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"})
+# 16-bit grey modes (PIL opens 16-bit grey PNG/TIFF as these) and 32-bit integer grey holding 16-bit values.
+_GREY16 = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
 def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]``; an unreadable file raises `DataError` naming it."""
+    """Decode an image file to uint8 RGB ``[H, W, 3]``.
+
+    8-bit grey, palette, CMYK, YCbCr and HSV images are converted to RGB by PIL, alpha is dropped; 16-bit grey
+    images (and 32-bit integer grey images with values in 0..65535) are scaled to 8 bits,
+    ``round(v * 255 / 65535)``, and repeated over the three channels (PIL's own RGB conversion would clip them
+    to 255, white). Any other mode (floating point, LAB, ...) and an unreadable file raise `DataError` naming
+    the file.
+    """
     try:
         with Image.open(path) as im:
+            mode = im.mode
+            if mode in _GREY16:
+                values = np.asarray(im)
+                if values.size and (values.min() < 0 or values.max() > 65535):
+                    raise DataError(f"image {path} (PIL mode {mode}) holds values outside 0..65535 "
+                                    f"({values.min()}..{values.max()}); expected 8- or 16-bit pixels")
+                grey = ((values.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
+            if mode not in _CONVERTIBLE:
+                raise DataError(f"image {path} has PIL mode {mode}, which has no defined conversion to RGB; save it "
+                                f"as 8-bit RGB, 8- or 16-bit grey or palette")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"cannot decode image {path}: {err}") from err
 
 

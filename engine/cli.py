@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from configs.loading import ConfigError
 from datasets.io import DataError
 from engine.errors import RunFault, first_line
+from engine.interrupt import Interrupted, install
 
 DEBUG_ENV = "BIDENSE_DEBUG"
 
@@ -36,10 +38,10 @@ class Devices:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit with status 2."""
+    """argparse whose usage errors are one line and exit with status 1, like every other error (README)."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(description: str, test: bool) -> argparse.ArgumentParser:
@@ -84,7 +86,7 @@ def parse_gpus(text: str | None, cpu_processes: int | None = None) -> Devices:
             return Devices("cpu", 1, notice="no CUDA GPU visible: running on the CPU (one process)")
         return Devices("gpu", list(range(visible)))
     parts = text.split(",")
-    if not all(part.strip().isdigit() for part in parts):
+    if not all(re.fullmatch(r"\s*[0-9]+\s*", part) for part in parts):
         raise ConfigError(f"--gpus {text!r}: expected comma-separated GPU indices such as 0 or 0,1")
     indices = [int(part) for part in parts]
     if len(set(indices)) != len(indices):
@@ -105,15 +107,22 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
             argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run ``main``; any error becomes one line on stderr and exit status 1.
 
-    Configuration and data errors print their message; anything else also names its exception type.
+    Configuration and data errors print their message; anything else also names its exception type. A run
+    stopped by SIGTERM or SIGINT prints what was kept and how to continue, and exits with 143 / 130
+    (`engine.interrupt`).
 
     ``--debug`` or ``BIDENSE_DEBUG=1`` re-raises instead, showing the traceback.
     """
     args = parser.parse_intermixed_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    install()
     try:
         main(args)
+    except Interrupted as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted by SIGINT", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
         if debug:

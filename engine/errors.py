@@ -11,6 +11,11 @@ class NonFiniteLoss(RunFault):
     """The training loss became NaN or infinite."""
 
 
+class EmptyLoss(RunFault):
+    """No pixel entered the training loss during a whole epoch (every label ignored, every depth below the
+    minimum): the run would train on nothing."""
+
+
 class CheckpointWriteError(RunFault):
     """A checkpoint could not be written; the previous file at that path is intact."""
 

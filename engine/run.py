@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,9 +23,18 @@ from yacs.config import CfgNode
 
 from configs.loading import ConfigError, load_config
 from datasets import build_datamodule, list_datasets
-from engine.checkpoints import check_checkpoint_matches, check_resume_config, load_checkpoint
+from engine.checkpoints import (
+    check_checkpoint_matches,
+    check_not_finished,
+    check_resume_config,
+    check_state_dict,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from engine.cli import Devices, parse_gpus
-from engine.trainer import build_trainer, run_dir, save_config, seed_everything
+from engine.errors import first_line
+from engine.interrupt import lightning_signals, signal_name
+from engine.trainer import accumulation, build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
 
 
@@ -44,30 +56,94 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     cfg = load_config(task, args.config, args.overrides)
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
+    check_launcher(cfg)
+    accumulation(cfg, devices)
     if args.resume and args.weights:
         raise ConfigError("--resume and --weights exclude each other (--resume restores the weights too)")
+    if cfg.MODEL.PRETRAINED:
+        load_checkpoint(cfg.MODEL.PRETRAINED, lightning=False, what="MODEL.PRETRAINED file")
     start = args.resume or args.weights
     ckpt = load_checkpoint(start) if start else None
     if ckpt is not None:
         check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
     if args.resume:
         changes = check_resume_config(ckpt, args.resume, cfg, args.allow_config_change)
+        check_not_finished(ckpt, args.resume, cfg)
         if changes and rank_zero_only.rank == 0:
             print(f"resuming with a changed config (--allow-config-change): {'; '.join(changes)}")
+        remove_stale_temporaries([Path(args.resume).parent])
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)
-    module = module_cls.from_config(cfg)
-    if ckpt is not None and args.weights:
-        module.load_state_dict(ckpt["state_dict"])
-    folder = run_dir(cfg, args.config)
+    module = build_module(module_cls, cfg)
+    if ckpt is not None:
+        check_state_dict(ckpt, start, module.state_dict())
+        if args.weights:
+            module.load_state_dict(ckpt["state_dict"])
+    del ckpt
+    folder = run_dir(cfg, args.config, task)
     monitor, eval_freq = module_cls.validation_plan(cfg)
     trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
         print(f"run folder: {folder}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
+
+    def stopped(signum: int) -> str:
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or args.resume
+        name = signal_name(signum)
+        if not last:
+            return (f"interrupted by {name} in epoch {trainer.current_epoch}, before any checkpoint was written; "
+                    f"start again with: {resume_command(args, None)}")
+        return (f"interrupted by {name} in epoch {trainer.current_epoch}; checkpoint {last} is kept and the epoch "
+                f"restarts from it; continue with: {resume_command(args, last)}")
+
+    with lightning_signals(stopped):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
     return folder
+
+
+def resume_command(args: argparse.Namespace, last: str | Path | None) -> str:
+    """The command line that continues the run of ``args`` from checkpoint ``last`` (``None``: the same run
+    again), quoted for a POSIX shell."""
+    parts = [sys.argv[0], str(args.config)]
+    if args.gpus is not None:
+        parts += ["--gpus", args.gpus]
+    if args.cpu_processes is not None:
+        parts += ["--cpu-processes", str(args.cpu_processes)]
+    if args.allow_config_change:
+        parts.append("--allow-config-change")
+    if last is not None:
+        parts += ["--resume", str(last)]
+    elif args.weights:
+        parts += ["--weights", str(args.weights)]
+    return shlex.join([Path(sys.executable).name, *parts, *args.overrides])
+
+
+def check_launcher(cfg: CfgNode) -> None:
+    """ConfigError when ``TRAINING.NUM_NODES > 1`` but this process was not started by torchrun or SLURM ``srun``
+    (without them every process would wait for the others forever)."""
+    nodes = cfg.TRAINING.NUM_NODES
+    if nodes == 1:
+        return
+    torchrun = all(key in os.environ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"))
+    srun = "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ
+    if not (torchrun or srun):
+        raise ConfigError(f"TRAINING.NUM_NODES {nodes}: start one process per GPU on each of the {nodes} nodes with "
+                          f"torchrun (--nnodes {nodes} --nproc-per-node GPUS --rdzv-endpoint HOST:PORT) or SLURM srun "
+                          f"(--nodes {nodes} --ntasks-per-node GPUS); this process was started by neither")
+
+
+def build_module(module_cls: type[TaskModule], cfg: CfgNode) -> L.LightningModule:
+    """``module_cls.from_config(cfg)``; a MODEL.PRETRAINED file that does not fit the backbone is a ConfigError
+    naming the key and the file (the file itself was read safely by `fit` before: `load_checkpoint`)."""
+    path = cfg.MODEL.PRETRAINED
+    if not path:
+        return module_cls.from_config(cfg)
+    try:
+        return module_cls.from_config(cfg)
+    except Exception as err:  # the loaders raise many types for a file that is not a checkpoint of this backbone
+        raise ConfigError(f"MODEL.PRETRAINED {path} cannot be loaded into {cfg.MODEL.MODEL_TYPE} "
+                          f"{cfg.MODEL.BINARY_TYPE}: {type(err).__name__}: {first_line(err)}") from err
 
 
 def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> dict[str, float]:
@@ -75,14 +151,17 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
     cfg = load_config(task, args.config, args.overrides)
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
+    check_launcher(cfg)
     ckpt = load_checkpoint(args.checkpoint)
     check_checkpoint_matches(ckpt, args.checkpoint, module_cls.identity(cfg))
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
     module = module_cls.from_config(cfg, pretrained=False)
+    check_state_dict(ckpt, args.checkpoint, module.state_dict())
     module.load_state_dict(ckpt["state_dict"])
     trainer = build_trainer(cfg, devices, None, None)
-    logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    with lightning_signals(lambda signum: f"interrupted by {signal_name(signum)} during evaluation; nothing written"):
+        logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {name.split("/", 1)[-1]: float(value) for name, value in logged.items()}
     if rank_zero_only.rank == 0:
         print(format_table(metrics, title=f"{Path(args.checkpoint).name} on {cfg.DATASET.DATASET} ({task})"))

@@ -2,10 +2,11 @@
 
 A task module (`train_segmentation.SegmentationModule`, `train_depth.DepthModule`) holds ``model``,
 ``val_metric`` and ``test_metric`` (torchmetrics, states summed across processes) and defines ``_evaluate``
-(one batch: log the loss, update the metric, keep the first sample in ``_shown``) and ``_log_images``. This base
-runs them: metrics are reset at each epoch start and computed once at its end over the whole set of every process
-(README, Training recipe and deviations); the optimiser is AdamW with OneCycleLR stepped once per epoch (README,
-Training recipe).
+(one batch: log the loss, update the metric, keep the first sample in ``_shown``), ``_log_images`` and
+``empty_loss_message``. This base runs them: metrics are reset at each epoch start and computed once at its end
+over the whole set of every process (README, Training recipe and deviations); the optimiser is AdamW with
+OneCycleLR stepped once per epoch (README, Training recipe), re-created for the config's schedule when a resumed
+run changed it; an epoch in which no pixel entered the training loss stops the run (README, Reliability).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
 from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+from engine.errors import EmptyLoss
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,27 @@ class DenseTaskModule(L.LightningModule):
 
     def _log_images(self) -> None:
         raise NotImplementedError
+
+    def empty_loss_message(self, epoch: int) -> str:
+        """The one line reported when no pixel of epoch ``epoch`` entered the training loss, naming the likely
+        config key."""
+        raise NotImplementedError
+
+    def count_loss_pixels(self, count: torch.Tensor) -> None:
+        """Add the number of pixels that entered this training batch's loss (a tensor: no device sync)."""
+        self._loss_pixels = self._loss_pixels + count.detach()
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_pixels = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the epoch's last training batch (before its validation and checkpoint): `EmptyLoss` when no pixel
+        of any process entered the loss during the whole epoch."""
+        if batch_idx + 1 < self.trainer.num_training_batches:
+            return
+        total = self.trainer.strategy.reduce(self._loss_pixels, reduce_op="sum")
+        if float(total) == 0:
+            raise EmptyLoss(self.empty_loss_message(self.current_epoch))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metric, "valid")
@@ -86,8 +109,40 @@ class DenseTaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + OneCycleLR(max_lr, epochs, steps_per_epoch=1) stepped once per epoch (README, Training recipe)."""
+        optimizer, scheduler = self._one_cycle(self.model.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _one_cycle(self, params: Any) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=hp.max_lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
                                                         steps_per_epoch=1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return optimizer, scheduler
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Follow the config's schedule when a resumed run changed it (``--allow-config-change``; README,
+        Reliability).
+
+        Lightning restores OneCycleLR and the optimizer's hyper-parameters from the checkpoint after this hook;
+        when ``NUM_EPOCHS``, ``MAX_LR`` or ``WEIGHT_DECAY`` differ from the stored ones, the stored scheduler state
+        is replaced by that of a new OneCycleLR for the config's values, stepped once per epoch already trained
+        (the fast-forward), and every parameter group's learning rate, momentum (AdamW beta1), schedule bounds and
+        weight decay by those of the new schedule at that step. The moments of AdamW are kept.
+        """
+        schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
+        if not schedulers or not optimizers:
+            return
+        hp = self.hparams
+        stored, groups = schedulers[0], optimizers[0]["param_groups"]
+        if (stored.get("total_steps") == hp.epochs and all(g.get("max_lr") == hp.max_lr
+                                                           and g.get("weight_decay") == hp.weight_decay
+                                                           for g in groups)):
+            return
+        optimizer, scheduler = self._one_cycle([torch.zeros(1, requires_grad=True)])
+        for _ in range(stored["last_epoch"]):
+            optimizer.step()
+            scheduler.step()
+        schedulers[0] = scheduler.state_dict()
+        fresh = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+        for group in groups:
+            group.update(fresh)

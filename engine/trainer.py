@@ -1,6 +1,6 @@
 """Lightning plumbing shared by the four scripts: seeding, run folder, loggers, checkpoints, the Trainer.
 
-A run lives in ``OUTPUT_DIR/<config name>/version_<n>/`` with ``config.yaml`` (the merged config),
+A run lives in ``OUTPUT_DIR/<task>/<config name>/version_<n>/`` with ``config.yaml`` (the merged config),
 TensorBoard events, ``metrics.csv`` and ``checkpoints/{last.ckpt, best-epochNNN.ckpt}``.
 """
 
@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from yacs.config import CfgNode
 
+from configs.loading import ConfigError
 from engine.callbacks import ConfigRecorder, EpochSeed, NonFiniteLossGuard
-from engine.checkpoints import AtomicCheckpointIO
+from engine.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
 from engine.cli import Devices
 from engine.errors import RunFault
 
@@ -35,30 +36,63 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def run_dir(cfg: CfgNode, config_path: str | Path) -> Path:
-    """The run folder ``OUTPUT_DIR/<config stem>/version_<n>`` (next free n), shared by every process of the run.
+def run_dir(cfg: CfgNode, config_path: str | Path, task: str) -> Path:
+    """Create and return the run folder ``OUTPUT_DIR/<task>/<config stem>/version_<n>``, shared by every process.
 
-    The launching process picks it and exports it in ``BIDENSE_RUN_DIR``, which the DDP worker processes that
-    Lightning starts inherit (they have ``LOCAL_RANK`` set). Under SLURM or torchrun (every process started from
-    outside) the folder is named by the job id so that all processes agree.
+    The folder is claimed with an exclusive ``os.mkdir`` (the next free n, retried with n + 1 while another run
+    takes it first), so runs started at the same moment never share one. The launching process exports it in
+    ``BIDENSE_RUN_DIR``, which the DDP worker processes that Lightning starts inherit (they have ``LOCAL_RANK``
+    set). Under SLURM or torchrun (every process started from outside) the folder is named by the job id so that
+    all processes agree. Stale temporary checkpoint files of the config's earlier, killed runs are removed.
+
+    Raises:
+        RunFault: the folder cannot be created (naming it and OUTPUT_DIR).
     """
     if os.environ.get(RUN_DIR_ENV) and "LOCAL_RANK" in os.environ:
         return Path(os.environ[RUN_DIR_ENV])
-    base = Path(cfg.OUTPUT_DIR) / Path(config_path).stem
+    base = Path(cfg.OUTPUT_DIR) / task / Path(config_path).stem
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if job != "none":
-        path = base / f"job_{job}"
-    else:
-        taken = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
-        path = base / f"version_{max(taken, default=-1) + 1}"
+    path = base / f"job_{job}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if job != "none":
+            path.mkdir(exist_ok=True)
+        else:
+            taken = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
+            version = max(taken, default=-1) + 1
+            while True:
+                path = base / f"version_{version}"
+                try:
+                    os.mkdir(path)
+                    break
+                except FileExistsError:
+                    version += 1
+    except OSError as err:
+        raise RunFault(f"cannot create the run folder {err.filename or path} (OUTPUT_DIR {cfg.OUTPUT_DIR}): "
+                       f"{err.strerror or err}") from err
+    removed = remove_stale_temporaries(base.glob("*/checkpoints"))
+    if removed:
+        print(f"removed {len(removed)} stale temporary checkpoint file(s) of killed runs: "
+              f"{', '.join(str(p) for p in removed)}")
     os.environ[RUN_DIR_ENV] = str(path)
     return path
 
 
 def accumulation(cfg: CfgNode, devices: Devices) -> int:
-    """Gradient-accumulation steps reaching the effective batch: BATCH_SIZE // (per-process batch x processes)."""
-    per_step = cfg.TRAINING.BATCH_SIZE_ON_1_GPU * devices.count * cfg.TRAINING.NUM_NODES
-    return max(1, cfg.TRAINING.BATCH_SIZE // per_step)
+    """Gradient-accumulation steps reaching the effective batch: BATCH_SIZE / (per-process batch x processes).
+
+    Raises:
+        ConfigError: BATCH_SIZE is not a multiple of BATCH_SIZE_ON_1_GPU x processes per node x NUM_NODES, so the
+            effective batch would differ from it (README, Training and evaluation).
+    """
+    t = cfg.TRAINING
+    per_step = t.BATCH_SIZE_ON_1_GPU * devices.count * t.NUM_NODES
+    if t.BATCH_SIZE % per_step:
+        raise ConfigError(
+            f"TRAINING.BATCH_SIZE {t.BATCH_SIZE} is not a multiple of TRAINING.BATCH_SIZE_ON_1_GPU "
+            f"{t.BATCH_SIZE_ON_1_GPU} x {devices.count} process(es) x TRAINING.NUM_NODES {t.NUM_NODES} = {per_step}: "
+            f"gradient accumulation cannot reach that effective batch; change one of them")
+    return t.BATCH_SIZE // per_step
 
 
 def _limit(value: float) -> float | int:
@@ -122,7 +156,6 @@ def save_config(cfg: CfgNode, folder: Path) -> Path:
     """Write the merged config to ``folder/config.yaml`` (reloadable as a YAML config); RunFault if it cannot."""
     path = folder / "config.yaml"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         path.write_text(cfg.dump())
     except OSError as err:
         raise RunFault(f"cannot write the run folder {folder} (OUTPUT_DIR {cfg.OUTPUT_DIR}): "

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from configs import ConfigError, get_defaults, load_config
-from engine.checkpoints import check_checkpoint_matches, load_checkpoint
+from engine.checkpoints import check_checkpoint_matches, check_not_finished, check_state_dict, load_checkpoint
 from engine.cli import build_parser, parse_gpus
+from engine.run import check_launcher
 from engine.trainer import accumulation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +130,11 @@ def test_overrides_are_typed():
         (["TRAINING.BATCH_SIZE", "0"], "key TRAINING.BATCH_SIZE must be positive"),
         (["TRAINING.PRECISION", "8"], "TRAINING.PRECISION '8' is not one of"),
         (["TRAINING.STOP_AT_EPOCH", "99"], "STOP_AT_EPOCH must lie in 0..NUM_EPOCHS"),
+        (["RANDOM_SEED", "-1"], "key RANDOM_SEED must lie in 0..4294967295, got -1"),
+        (["RANDOM_SEED", str(2**32)], "key RANDOM_SEED must lie in 0..4294967295, got 4294967296"),
+        (["DATASET.CROP_SIZE", "1"], "key DATASET.CROP_SIZE must be at least 2 pixels, got 1"),
+        (["DATASET.BASE_SIZE", "0"], "key DATASET.BASE_SIZE must be at least 2 pixels, got 0"),
+        (["TRAINING.EVAL_FREQ", "-1"], "key TRAINING.EVAL_FREQ must not be negative (0 = never), got -1"),
     ],
 )
 def test_override_errors_are_one_line(overrides, message):
@@ -179,7 +185,7 @@ def test_parse_gpus_on_this_machine(monkeypatch):
     assert (cpu.accelerator, cpu.devices, cpu.count) == ("cpu", 2, 2)
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         parse_gpus("0")
-    for bad in ("0,,1", "a", "-1", ""):
+    for bad in ("0,,1", "a", "-1", "", "\u00b2", "0,\u00b9", "1.0", "0x1", "+1"):
         with pytest.raises(ConfigError, match="expected comma-separated GPU indices"):
             parse_gpus(bad)
     with pytest.raises(ConfigError, match="exclude each other"):
@@ -200,14 +206,23 @@ def test_parse_gpus_with_two_visible(monkeypatch):
 
 
 def test_accumulation_reaches_the_effective_batch(monkeypatch):
-    """accumulate = BATCH_SIZE // (BATCH_SIZE_ON_1_GPU x devices x nodes), at least 1 (README, Training recipe)."""
+    """accumulate = BATCH_SIZE / (BATCH_SIZE_ON_1_GPU x devices x nodes) (README, Training and evaluation); a
+    BATCH_SIZE that is not a multiple of the per-step batch is refused, naming the three factors."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     cfg = load_config("segmentation", None, ["TRAINING.BATCH_SIZE", "32", "TRAINING.BATCH_SIZE_ON_1_GPU", "2"])
     assert accumulation(cfg, parse_gpus("0,1,2,3")) == 4
     assert accumulation(cfg, parse_gpus("0")) == 16
-    two_nodes = load_config("segmentation", None, ["TRAINING.BATCH_SIZE_ON_1_GPU", "8", "TRAINING.NUM_NODES", "2"])
+    two_nodes = load_config("segmentation", None, ["TRAINING.BATCH_SIZE_ON_1_GPU", "4", "TRAINING.NUM_NODES", "2"])
     assert accumulation(two_nodes, parse_gpus("0,1,2,3")) == 1
+    with pytest.raises(ConfigError) as err:
+        accumulation(cfg, parse_gpus("0,1,2"))
+    assert str(err.value) == ("TRAINING.BATCH_SIZE 32 is not a multiple of TRAINING.BATCH_SIZE_ON_1_GPU 2 x 3 "
+                              "process(es) x TRAINING.NUM_NODES 1 = 6: gradient accumulation cannot reach that "
+                              "effective batch; change one of them")
+    too_big = load_config("segmentation", None, ["TRAINING.BATCH_SIZE_ON_1_GPU", "8", "TRAINING.NUM_NODES", "2"])
+    with pytest.raises(ConfigError, match="= 64: gradient accumulation cannot reach"):
+        accumulation(too_big, parse_gpus("0,1,2,3"))
 
 
 def test_parser_keeps_overrides_after_options():
@@ -235,3 +250,120 @@ def test_checkpoint_checks(tmp_path):
         check_checkpoint_matches(ckpt, "a.ckpt", {"model_type": "upernet", "binary_type": "react", "num_classes": 151})
     assert str(err.value) == ("checkpoint a.ckpt does not match the config (checkpoint vs config): "
                               "binary_type 'bidense' vs 'react'; num_classes 7 vs 151")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["DATASET.INPUT_HEIGHT", "1"], "key DATASET.INPUT_HEIGHT must be at least 2 pixels, got 1"),
+        (["ONLINE_EVAL.EVAL_FREQ", "-2"], "key ONLINE_EVAL.EVAL_FREQ must not be negative"),
+        (["ONLINE_EVAL.MIN_DEPTH_EVAL", "10", "ONLINE_EVAL.MAX_DEPTH_EVAL", "1"],
+         "keys ONLINE_EVAL.MIN_DEPTH_EVAL (10.0) and MAX_DEPTH_EVAL (1.0) must satisfy 0 <= MIN_DEPTH_EVAL < "
+         "MAX_DEPTH_EVAL"),
+        (["ONLINE_EVAL.MIN_DEPTH_EVAL", "5", "ONLINE_EVAL.MAX_DEPTH_EVAL", "5"], "MIN_DEPTH_EVAL < MAX_DEPTH_EVAL"),
+    ],
+)
+def test_depth_range_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("depth", None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_empty_and_duplicate_yaml_and_file_paths_are_refused(tmp_path):
+    for text in ("", "# nothing but a comment\n"):
+        with pytest.raises(ConfigError, match=r"config file .*empty.yaml is empty"):
+            load_config("segmentation", write(tmp_path, text, "empty.yaml"))
+    twice = write(tmp_path, "TRAINING:\n  MAX_LR: 1e-4\n  BATCH_SIZE: 8\n  MAX_LR: 2e-4\n", "twice.yaml")
+    with pytest.raises(ConfigError, match=r"twice.yaml is not valid YAML at line 4: key MAX_LR is given twice"):
+        load_config("segmentation", twice)
+    sections = write(tmp_path, "MODEL:\n  NUM_CLASSES: 7\nTRAINING:\n  MAX_LR: 1\nMODEL:\n  BINARY_TYPE: bnn\n",
+                     "sections.yaml")
+    with pytest.raises(ConfigError, match="at line 5: key MODEL is given twice"):
+        load_config("segmentation", sections)
+    a_file = write(tmp_path, "x", "data.txt")
+    with pytest.raises(ConfigError, match=f"key DATASET.DATA_PATH {a_file} is a file; it must name a folder"):
+        load_config("segmentation", None, ["DATASET.DATA_PATH", str(a_file)])
+    with pytest.raises(ConfigError, match=f"key DATASET.GT_PATH_EVAL {a_file} is a file"):
+        load_config("depth", None, ["DATASET.GT_PATH_EVAL", str(a_file)])
+
+
+def test_argument_errors_exit_with_status_1(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser("t", test=True).parse_intermixed_args(["only-a-config.yaml", "--cpu-processes", "x"])
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--cpu-processes: invalid int value: 'x'" in lines[0]
+
+
+def test_several_nodes_need_a_launcher(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    one = load_config("segmentation", None)
+    check_launcher(one)
+    two = load_config("segmentation", None, ["TRAINING.NUM_NODES", "2"])
+    with pytest.raises(ConfigError) as err:
+        check_launcher(two)
+    assert str(err.value).startswith("TRAINING.NUM_NODES 2: start one process per GPU on each of the 2 nodes with "
+                                     "torchrun (--nnodes 2")
+    assert "SLURM srun (--nodes 2" in str(err.value)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    check_launcher(two)
+    for key in ("SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key)
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "node0"}.items():
+        monkeypatch.setenv(key, value)
+    check_launcher(two)
+
+
+class Payload:
+    """Pickles as ``open(marker, "w")``: loading it with pickle creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": Payload(marker)}, evil)
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(evil)
+    assert str(err.value) == (f"checkpoint {evil} is refused: it contains io.open, which is not a tensor or "
+                              "plain value and could run code when loaded")
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_checkpoint_weights_must_fit_the_model(tmp_path):
+    model = {"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4), "c.bias": torch.zeros(1)}
+    check_state_dict({"state_dict": dict(model)}, "x.ckpt", model)
+    names = [f"decoder.block{i}.conv.weight" for i in range(40)]
+    stored = {"a.weight": torch.zeros(3, 3), "extra": torch.zeros(1)}
+    full = {**model, **{name: torch.zeros(1) for name in names}}
+    with pytest.raises(ConfigError) as err:
+        check_state_dict({"state_dict": stored}, "x.ckpt", full)
+    message = str(err.value)
+    assert message.startswith("checkpoint x.ckpt does not fit the model's weights: 42 missing: b.weight, c.bias, "
+                              "decoder.block0.conv.weight, ")
+    assert all(name in message for name in names) and "\n" not in message
+    assert message.endswith("; 1 unexpected: extra; 1 of another shape (checkpoint vs model): a.weight (3, 3) vs "
+                            "(2, 3)")
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do():
+    cfg = load_config("segmentation", None, ["TRAINING.NUM_EPOCHS", "4"])
+    progress = {"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 4}}}}, "epoch": 3}
+    with pytest.raises(ConfigError) as err:
+        check_not_finished(progress, "last.ckpt", cfg)
+    assert str(err.value) == ("--resume last.ckpt: the checkpoint has already trained 4 epochs and "
+                              "TRAINING.NUM_EPOCHS 4 asks for 4: nothing to do (raise TRAINING.NUM_EPOCHS with "
+                              "--allow-config-change to train longer)")
+    check_not_finished({"epoch": 2}, "last.ckpt", cfg)
+    stop = load_config("segmentation", None, ["TRAINING.NUM_EPOCHS", "4", "TRAINING.STOP_AT_EPOCH", "3"])
+    with pytest.raises(ConfigError, match="trained 3 epochs and TRAINING.STOP_AT_EPOCH 3 asks for 3"):
+        check_not_finished({"epoch": 2}, "last.ckpt", stop)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.checkpoints import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
 DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
@@ -67,11 +69,11 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("runs")
     first = run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
                 "TRAINING.STOP_AT_EPOCH", "2")
-    run_a = out / "upernet_bidense_demo" / "version_0"
+    run_a = out / "segmentation" / "upernet_bidense_demo" / "version_0"
     assert f"run folder: {run_a}" in first.stdout
     run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
         "--resume", str(run_a / "checkpoints" / "last.ckpt"))
-    return {"a": run_a, "b": out / "upernet_bidense_demo" / "version_1", "data": data, "out": out}
+    return {"a": run_a, "b": out / "segmentation" / "upernet_bidense_demo" / "version_1", "data": data, "out": out}
 
 
 def test_training_writes_run_folder_and_loss_falls(trained):
@@ -87,7 +89,7 @@ def test_training_writes_run_folder_and_loss_falls(trained):
     assert sorted(val_loss) == [0, 1] and val_loss[1] < val_loss[0]
     miou = epoch_values(rows, "valid/mIoU")
     assert sorted(miou) == [0, 1] and all(0.0 <= v <= 1.0 for v in miou.values())
-    ckpt = torch.load(run_a / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run_a / "checkpoints" / "last.ckpt")
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * STEPS
     assert ckpt["hyper_parameters"]["binary_type"] == "bidense" and ckpt["hyper_parameters"]["num_classes"] == 7
 
@@ -96,7 +98,7 @@ def test_resume_continues_the_schedule(trained):
     """The resumed run trains epoch 2 only, from global step 2 x STEPS, at OneCycleLR's epoch-2 learning rate."""
     rows = read_csv(trained["b"])
     assert sorted(epoch_values(rows, "valid/mIoU")) == [2]
-    ckpt = torch.load(trained["b"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(trained["b"] / "checkpoints" / "last.ckpt")
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * STEPS
     lr_logged = [float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")]
     opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
@@ -156,12 +158,22 @@ def test_unknown_key_fails_in_one_line_from_the_shell(tmp_path):
         ("train_depth", ["nope.yaml"], "config file nope.yaml not found"),
         ("train_depth", [DEPTH_DEMO, "--resume", "missing.ckpt"], "checkpoint missing.ckpt not found"),
         ("test_depth", [DEPTH_DEMO, "missing.ckpt"], "checkpoint missing.ckpt not found"),
+        ("train_segmentation", [SEG_DEMO, "--cpu-processes", "x"], "--cpu-processes: invalid int value: 'x'"),
+        ("train_segmentation", [SEG_DEMO, "MODEL.BINARY_TYPE", "fp32", "MODEL.PRETRAINED", "README.md"],
+         "MODEL.PRETRAINED file README.md cannot be loaded: UnpicklingError"),
+        ("train_segmentation", [SEG_DEMO, "TRAINING.NUM_NODES", "2"],
+         "TRAINING.NUM_NODES 2: start one process per GPU on each of the 2 nodes with torchrun"),
+        ("train_depth", [DEPTH_DEMO, "TRAINING.BATCH_SIZE", "12"],
+         "TRAINING.BATCH_SIZE 12 is not a multiple of TRAINING.BATCH_SIZE_ON_1_GPU 8 x 1 process(es)"),
+        ("train_depth", [DEPTH_DEMO, "--resume", "configs"], "checkpoint configs is not a file"),
     ],
 )
 def test_bad_input_fails_in_one_line(script, args, message, tmp_path, monkeypatch, capsys):
     """In-process (fast): exit status 1, one line on stderr naming the culprit, nothing written."""
-    if "--gpus" in args and torch.cuda.is_available():
+    if ("--gpus" in args or "TRAINING.BATCH_SIZE" in args) and torch.cuda.is_available():
         pytest.skip("runs where no GPU is visible")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
     module = importlib.import_module(script)
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("BIDENSE_RUN_DIR", raising=False)
@@ -191,10 +203,39 @@ def test_depth_train_then_test(data, tmp_path):
                  "TRAINING.LIMIT_TRAIN_BATCHES", "2", "TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.NUM_EPOCHS", "1",
                  "TRAINING.NUM_THREADS", "0"]
     run("train_depth.py", DEPTH_DEMO, *overrides)
-    folder = tmp_path / "upernet_bidense_demo" / "version_0"
+    folder = tmp_path / "depth" / "upernet_bidense_demo" / "version_0"
     assert 0.0 <= epoch_values(read_csv(folder), "valid/d1")[0] <= 1.0
     ckpt = folder / "checkpoints" / "last.ckpt"
     proc = run("test_depth.py", DEPTH_DEMO, str(ckpt), *overrides)
     metrics = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
     assert {"d1", "d2", "d3", "abs_rel", "rmse"} <= set(metrics) and "d1" in proc.stdout
     assert metrics["d1"] <= metrics["d2"] <= metrics["d3"] <= 1.0
+
+
+@pytest.mark.parametrize(("script", "args"), [
+    ("train_segmentation", ["--resume", "{ckpt}"]),
+    ("train_segmentation", ["--weights", "{ckpt}"]),
+    ("test_segmentation", ["{ckpt}"]),
+])
+def test_a_crafted_checkpoint_never_runs(script, args, tmp_path, monkeypatch, capsys):
+    """A checkpoint whose pickle would create a file when unpickled: every script refuses it in one line naming
+    the file and the type it needs, and the file is never created."""
+    marker = tmp_path / "payload-ran"
+    ckpt = tmp_path / "evil.ckpt"
+
+    class Payload:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    torch.save({"state_dict": {}, "epoch": 0, "loops": Payload()}, ckpt)
+    module = importlib.import_module(script)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", SEG_DEMO, *(a.format(ckpt=ckpt) for a in args), "OUTPUT_DIR",
+                                      str(tmp_path / "runs"), "DATASET.DATA_PATH", str(tmp_path / "data")])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"{script}.py: error: checkpoint {ckpt} is refused: it contains io.open, which is not a tensor "
+                     "or plain value and could run code when loaded"]
+    assert not marker.exists() and not (tmp_path / "runs").exists()
