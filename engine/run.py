@@ -2,8 +2,9 @@
 
 Train: config -> devices -> seed -> module (``--weights``: weights only) -> datamodule -> Trainer -> ``fit``
 (``--resume``: the full state: weights, optimizer, scheduler, epoch, callbacks).
-Test: config -> checkpoint checked against the config -> ``test`` -> metric table printed and written as JSON
-beside the checkpoint (``<checkpoint stem>.test.json``).
+Test: config -> model from the checkpoint (`load_trained_module`: the checkpoint checked against the config) ->
+``test`` -> metric table printed and written as JSON beside the checkpoint (``<checkpoint stem>.test.json``).
+Predict mode of the test scripts (`engine.predict`) loads its model with the same `load_trained_module`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from yacs.config import CfgNode
 
 from configs.loading import ConfigError, load_config
 from datasets import build_datamodule, list_datasets
-from engine.checkpoints import check_checkpoint_matches, check_resume_config, load_checkpoint
+from engine.checkpoints import check_checkpoint_matches, check_resumable, check_resume_config, load_checkpoint
 from engine.cli import Devices, parse_gpus
+from engine.console import params_ops_line
 from engine.trainer import build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
 
@@ -38,6 +42,13 @@ class TaskModule(Protocol):
     @staticmethod
     def validation_plan(cfg: CfgNode) -> tuple[str | None, int]: ...
 
+    @staticmethod
+    def inference_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]: ...
+
+    @staticmethod
+    def write_prediction(cfg: CfgNode, image: np.ndarray, output: torch.Tensor, folder: Path,
+                         stem: str) -> list[Path]: ...
+
 
 def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
     """Train as the command line asks; returns the run folder."""
@@ -51,6 +62,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     if ckpt is not None:
         check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
     if args.resume:
+        check_resumable(ckpt, args.resume)
         changes = check_resume_config(ckpt, args.resume, cfg, args.allow_config_change)
         if changes and rank_zero_only.rank == 0:
             print(f"resuming with a changed config (--allow-config-change): {'; '.join(changes)}")
@@ -58,6 +70,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)
     module = module_cls.from_config(cfg)
+    module.recorded_config = cfg.dump()
     if ckpt is not None and args.weights:
         module.load_state_dict(ckpt["state_dict"])
     folder = run_dir(cfg, args.config)
@@ -66,6 +79,9 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
         print(f"run folder: {folder}")
+        count_on = torch.device("cuda", devices.devices[0]) if devices.accelerator == "gpu" else None
+        print(f"{cfg.MODEL.MODEL_TYPE} {cfg.MODEL.BINARY_TYPE}: "
+              f"{params_ops_line(module.model, evaluation_input(cfg, task), count_on)}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
     return folder
 
@@ -75,12 +91,12 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
     cfg = load_config(task, args.config, args.overrides)
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
-    ckpt = load_checkpoint(args.checkpoint)
-    check_checkpoint_matches(ckpt, args.checkpoint, module_cls.identity(cfg))
+    if getattr(args, "out", None) is not None:
+        raise ConfigError("--out DIR goes with --predict IMAGE_OR_FOLDER (without --predict the test scripts "
+                          "evaluate and write <checkpoint stem>.test.json beside the checkpoint)")
+    module, epoch = load_trained_module(args.checkpoint, cfg, module_cls)
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
-    module = module_cls.from_config(cfg, pretrained=False)
-    module.load_state_dict(ckpt["state_dict"])
     trainer = build_trainer(cfg, devices, None, None)
     logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {name.split("/", 1)[-1]: float(value) for name, value in logged.items()}
@@ -91,12 +107,35 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
             "config": str(args.config),
             "checkpoint": str(args.checkpoint),
             "dataset": cfg.DATASET.DATASET,
-            "epoch": ckpt.get("epoch"),
+            "epoch": epoch,
             "metrics": metrics,
         }
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {out}")
     return metrics
+
+
+def load_trained_module(checkpoint: str | Path, cfg: CfgNode,
+                        module_cls: type[TaskModule]) -> tuple[L.LightningModule, int | None]:
+    """The task module of ``cfg`` with the weights of ``checkpoint``, and the epoch it was saved at (or None).
+
+    The one loading step of evaluation and prediction: the file is read (one-line ConfigError if it is missing or
+    not a checkpoint), its stored model identity (model, method, classes / maximum depth) must equal the config's,
+    and its ``state_dict`` must fit the module exactly. Full and weights-only checkpoints load alike.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    check_checkpoint_matches(ckpt, checkpoint, module_cls.identity(cfg))
+    module = module_cls.from_config(cfg, pretrained=False)
+    module.load_state_dict(ckpt["state_dict"])
+    return module, ckpt.get("epoch")
+
+
+def evaluation_input(cfg: CfgNode, task: str) -> tuple[int, int]:
+    """The config's evaluation input (H, W): ``CROP_SIZE`` squared (segmentation), ``INPUT_HEIGHT x INPUT_WIDTH``
+    (depth), as ``python -m models.summary`` counts."""
+    if task == "segmentation":
+        return cfg.DATASET.CROP_SIZE, cfg.DATASET.CROP_SIZE
+    return cfg.DATASET.INPUT_HEIGHT, cfg.DATASET.INPUT_WIDTH
 
 
 def check_names(cfg: CfgNode, task: str, config: str | Path) -> None:

@@ -5,7 +5,8 @@ A task module (`train_segmentation.SegmentationModule`, `train_depth.DepthModule
 (one batch: log the loss, update the metric, keep the first sample in ``_shown``) and ``_log_images``. This base
 runs them: metrics are reset at each epoch start and computed once at its end over the whole set of every process
 (README, Training recipe and deviations); the optimiser is AdamW with OneCycleLR stepped once per epoch (README,
-Training recipe).
+Training recipe). The merged config of a training run (``recorded_config``, YAML text) goes into every checkpoint,
+the weights-only best-epoch file included, under `engine.checkpoints.CONFIG_KEY`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
 from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+from engine.checkpoints import CONFIG_KEY
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -37,6 +39,7 @@ class DenseTaskModule(L.LightningModule):
     val_metric: Metric
     test_metric: Metric
     _shown: tuple[torch.Tensor, ...] | None = None
+    recorded_config: str | None = None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
@@ -76,6 +79,12 @@ class DenseTaskModule(L.LightningModule):
                 self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
                          prog_bar=name == self.main_metric)
         metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store ``recorded_config`` (read back by `engine.checkpoints.check_resume_config`); Lightning calls this
+        for full and weights-only checkpoints alike."""
+        if self.recorded_config is not None:
+            checkpoint[CONFIG_KEY] = self.recorded_config
 
     def _tensorboard(self) -> TensorBoardLogger | None:
         """The TensorBoard logger when there is one and this is the global-zero process with a sample to show."""
