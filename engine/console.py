@@ -16,6 +16,7 @@ schedule, README, Training recipe) and torch's ``LeafSpec`` deprecation raised i
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import warnings
@@ -60,13 +61,12 @@ def silence_known_notices(run_folder: Path | None = None) -> None:
 def params_ops_line(model: nn.Module, input_hw: Sequence[int], device: torch.device | None = None) -> str:
     """One line with the binary-aware Params and OPs of ``model`` at a ``1 x 3 x H x W`` input.
 
-    The count runs one forward pass on ``device`` (default: where the model is) and leaves the model where it was,
-    in its training mode, and the global random streams untouched.
+    The count runs one forward pass of a copy of the model on ``device`` (default: where the model is), so the model
+    itself is untouched (layers that initialise themselves on their first forward, such as BiT's elastic
+    binarizer, still see the first training batch) and the global random streams are left as they were.
     """
-    home = next(model.parameters()).device
-    device = device or home
+    device = device or next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        counted = count_model(model.to(device), (1, 3, *input_hw), print_table=False)
-    model.to(home)
+        counted = count_model(copy.deepcopy(model).to(device), (1, 3, *input_hw), print_table=False)
     return (f"Params {counted.params / 1e3:,.1f} K, OPs {counted.ops / 1e9:,.3f} G at 1x3x{input_hw[0]}x{input_hw[1]} "
             f"(1-bit weights count 1/32, binary MACs 1/64)")
