@@ -11,14 +11,19 @@ log10, SILog per image with the Eigen/Garg crop and depth caps, averaged over al
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 from yacs.config import CfgNode
 
+from datasets.bts import DEPTH_SCALE
 from engine.cli import build_parser, run_cli
 from engine.losses import silog_loss
 from engine.metrics import DepthMetric, depth_crop
+from engine.predict import resize_map, write_png
 from engine.run import fit
 from engine.task_module import DenseTaskModule, denormalize
 from models import build_model
@@ -36,6 +41,24 @@ def inverse_depth_image(depth: torch.Tensor) -> torch.Tensor:
     inv = torch.where(depth > 1e-3, 1.0 / depth.float().clamp(min=1e-3), torch.zeros_like(depth, dtype=torch.float))
     top = inv.max()
     return inv / top if top > 0 else inv
+
+
+def png_scale(dataset: str) -> float:
+    """Depth PNG units per metre of ``dataset``: KITTI 256, NYUv2 1000; the demo set is stored in NYU's scale."""
+    return DEPTH_SCALE["kitti" if dataset == "kitti" else "nyu"]
+
+
+def depth_to_png(depth: np.ndarray, scale: float) -> np.ndarray:
+    """Metres -> uint16 PNG values ``round(depth * scale)``, clipped to [1, 65535]: 0 means "no depth" in the data
+    sets' files, so no prediction is written as 0."""
+    return np.clip(np.round(depth * scale), 1, 65535).astype(np.uint16)
+
+
+def colour_depth(depth: torch.Tensor) -> np.ndarray:
+    """``[H, W]`` depth -> ``[H, W, 3]`` RGB uint8: `inverse_depth_image` (near = bright) through the perceptually
+    uniform inferno colour map (OpenCV's table)."""
+    levels = (inverse_depth_image(depth[None])[0] * 255).round().to(torch.uint8).cpu().numpy()
+    return cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO)[..., ::-1]
 
 
 class DepthModule(DenseTaskModule):
@@ -82,6 +105,26 @@ class DepthModule(DenseTaskModule):
         if not cfg.ONLINE_EVAL.DO_ONLINE_EVAL:
             return None, 0
         return "valid/d1", cfg.ONLINE_EVAL.EVAL_FREQ
+
+    @staticmethod
+    def inference_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]:
+        """Predict mode runs an image at its own size: the depth is read from the apparent size of things, as in
+        training and evaluation (crops at the images' own scale)."""
+        return height, width
+
+    @staticmethod
+    def write_prediction(cfg: CfgNode, image: np.ndarray, output: torch.Tensor, folder: Path,
+                         stem: str) -> list[Path]:
+        """Predict mode's files for RGB ``image`` ``[H, W, 3]`` and its depth ``output`` ``[1, h, w]`` (metres), H x W:
+
+        ``<stem>_depth.png`` uint16 in the data set's scale (`png_scale`: metres x 1000 NYUv2 and demo, x 256
+        KITTI; `depth_to_png`), the depth resized bilinearly to H x W; ``<stem>_depth_colour.png`` `colour_depth`.
+        """
+        depth = resize_map(output, image.shape[:2])[0]
+        return [
+            write_png(folder / f"{stem}_depth.png", depth_to_png(depth.cpu().numpy(), png_scale(cfg.DATASET.DATASET))),
+            write_png(folder / f"{stem}_depth_colour.png", colour_depth(depth)),
+        ]
 
     def _loss(self, pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

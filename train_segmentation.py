@@ -11,6 +11,7 @@ released one (README, Training recipe; the whole-set mIoU: README, deviations).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from yacs.config import CfgNode
 
 from engine.cli import build_parser, run_cli
 from engine.metrics import SegmentationMetric
+from engine.predict import class_map, write_png
 from engine.run import fit
 from engine.task_module import DenseTaskModule, denormalize
 from models import build_model
@@ -124,6 +126,33 @@ class SegmentationModule(DenseTaskModule):
         return (f"every training pixel of epoch {epoch} has the ignore label {self.ignore_index} "
                 f"(MODEL.NUM_CLASSES - 1): the loss was empty for the whole epoch; check MODEL.NUM_CLASSES and the "
                 f"label files under DATASET.DATA_PATH")
+    @staticmethod
+    def inference_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]:
+        """The size predict mode runs an image at: the validation scale, short side ``DATASET.CROP_SIZE`` and long
+        side ``int(long * CROP_SIZE / short)`` (`SegmentationValTransform` without its centre crop)."""
+        s = cfg.DATASET.CROP_SIZE
+        if width > height:
+            return s, int(width * s / height)
+        return int(height * s / width), s
+
+    @staticmethod
+    def write_prediction(cfg: CfgNode, image: np.ndarray, output: torch.Tensor, folder: Path,
+                         stem: str) -> list[Path]:
+        """Predict mode's files for RGB ``image`` ``[H, W, 3]`` and its logits ``output`` ``[C, h, w]``, all H x W:
+
+        ``<stem>_classes.png`` the class ids (uint8; uint16 beyond 256 classes), argmax of the logits resized
+        bilinearly to H x W; ``<stem>_colour.png`` their colours (`palette` of ``DATASET.DATASET``);
+        ``<stem>_side_by_side.png`` image | colours | overlay (mean of image and colours).
+        """
+        ids = class_map(output, image.shape[:2]).cpu().numpy()
+        ids = ids.astype(np.uint8 if cfg.MODEL.NUM_CLASSES <= 256 else np.uint16)
+        colours = palette(cfg.DATASET.DATASET, cfg.MODEL.NUM_CLASSES)[ids]
+        overlay = ((image.astype(np.uint16) + colours) // 2).astype(np.uint8)
+        return [
+            write_png(folder / f"{stem}_classes.png", ids),
+            write_png(folder / f"{stem}_colour.png", colours),
+            write_png(folder / f"{stem}_side_by_side.png", np.concatenate([image, colours, overlay], axis=1)),
+        ]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, mask = batch

@@ -1,5 +1,8 @@
 """Lightning callbacks of every training run.
 
+- `LastCheckpoint`: ``last.ckpt`` with the full training state (weights, optimizer, schedule, loops, callbacks),
+  written at the end of every training epoch for ``--resume``. (Lightning 2.6's ``save_last`` writes ``last.ckpt``
+  only when a top-k file is written at the same step, i.e. when the monitored metric improved.)
 - `NonFiniteLossGuard`: stops the run at the first non-finite training loss, *before* its backward pass and
   optimizer step, so the weights in memory are still the last good ones and no checkpoint is written from them
   (Lightning's ModelCheckpoint saves on an exception only with ``save_on_exception=True``, off here, and
@@ -9,23 +12,40 @@
   e and resumed from the ``last.ckpt`` of epoch e - 1 draws the same batches as an uninterrupted run. (Worker
   processes take their seeds from the main process when the loader's iterator is created, which Lightning does
   after ``on_train_epoch_start``; the training loader therefore does not keep persistent workers.)
-- `ConfigRecorder` stores the merged config in every checkpoint (read back by
-  `engine.checkpoints.check_resume_config`).
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from yacs.config import CfgNode
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from engine.checkpoints import CONFIG_KEY
 from engine.errors import NonFiniteLoss
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``dirpath/last.ckpt``, the full training state, overwritten at the end of every training epoch (after the
+    epoch's validation; placed after the best-epoch callback, it stores that callback's updated state)."""
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
+                         enable_version_counter=False)
+
+    @property
+    def path(self) -> str:
+        """The file written last ("" before the first)."""
+        return self.best_model_path
+
+
+def last_checkpoint(trainer: L.Trainer) -> str:
+    """The ``last.ckpt`` this run has written, else the checkpoint it resumed from, else ""."""
+    saved = [c.path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint) and c.path]
+    return saved[0] if saved else (trainer.ckpt_path or "")
 
 
 class NonFiniteLossGuard(Callback):
@@ -47,8 +67,7 @@ class NonFiniteLossGuard(Callback):
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        callback = trainer.checkpoint_callback
-        last = getattr(callback, "last_model_path", "") or trainer.ckpt_path
+        last = last_checkpoint(trainer)
         kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
         raise NonFiniteLoss(
             f"non-finite training loss ({loss.detach().float().mean().item()}) at epoch {trainer.current_epoch}, "
@@ -73,14 +92,3 @@ class EpochSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-
-class ConfigRecorder(Callback):
-    """Store the merged config (YAML text) in every checkpoint under ``CONFIG_KEY``."""
-
-    def __init__(self, cfg: CfgNode) -> None:
-        self.text = cfg.dump()
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_KEY] = self.text

@@ -287,3 +287,15 @@ def check_checkpoint_matches(ckpt: dict[str, Any], path: str | Path, expected: d
     diffs = [f"{key} {stored.get(key)!r} vs {value!r}" for key, value in expected.items() if stored.get(key) != value]
     if diffs:
         raise ConfigError(f"checkpoint {path} does not match the config (checkpoint vs config): {'; '.join(diffs)}")
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
+    """ConfigError unless the checkpoint holds the training state ``--resume`` restores (optimizer states).
+
+    The best-epoch files are weights-only (README, Training and evaluation): they evaluate and initialise
+    (``--weights``) but cannot continue a run.
+    """
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(f"--resume {path}: the file holds the weights only (no optimizer state, as the best-epoch "
+                          f"checkpoints); resume from the run's last.ckpt, or start a new run from these weights "
+                          f"with --weights {path}")

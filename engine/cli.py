@@ -1,7 +1,8 @@
 """Command line shared by the four scripts: arguments, device selection, one-line errors.
 
 ``python train_segmentation.py CONFIG [--gpus 0,1] [--resume CKPT] [--weights CKPT] [KEY VALUE ...]``
-``python test_segmentation.py CONFIG CKPT [--gpus 0] [KEY VALUE ...]`` (likewise for depth).
+``python test_segmentation.py CONFIG CKPT [--gpus 0] [--predict IMAGE_OR_FOLDER [--out DIR]] [KEY VALUE ...]``
+(likewise for depth).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def build_parser(description: str, test: bool) -> argparse.ArgumentParser:
     parser.add_argument("config", help="YAML config, e.g. configs/segmentation/upernet_bidense_demo.yaml")
     if test:
         parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) written by the matching train script")
+        parser.add_argument("--predict", default=None, metavar="IMAGE_OR_FOLDER",
+                            help="instead of evaluating, predict on an image or on every image of a folder")
+        parser.add_argument("--out", default=None, metavar="DIR",
+                            help="where --predict writes (default: <checkpoint stem>_predictions/ beside the "
+                                 "checkpoint)")
     parser.add_argument(
         "--gpus", default=None, help="comma-separated GPU indices, e.g. 0 or 0,1 (default: every visible GPU, or CPU)"
     )

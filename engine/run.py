@@ -2,8 +2,9 @@
 
 Train: config -> devices -> seed -> module (``--weights``: weights only) -> datamodule -> Trainer -> ``fit``
 (``--resume``: the full state: weights, optimizer, scheduler, epoch, callbacks).
-Test: config -> checkpoint checked against the config -> ``test`` -> metric table printed and written as JSON
-beside the checkpoint (``<checkpoint stem>.test.json``).
+Test: config -> model from the checkpoint (`load_trained_module`: the checkpoint checked against the config) ->
+``test`` -> metric table printed and written as JSON beside the checkpoint (``<checkpoint stem>.test.json``).
+Predict mode of the test scripts (`engine.predict`) loads its model with the same `load_trained_module`.
 """
 
 from __future__ import annotations
@@ -18,20 +19,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from yacs.config import CfgNode
 
 from configs.loading import ConfigError, load_config
 from datasets import build_datamodule, list_datasets
+from engine.callbacks import last_checkpoint
 from engine.checkpoints import (
     check_checkpoint_matches,
     check_not_finished,
+    check_resumable,
     check_resume_config,
     check_state_dict,
     load_checkpoint,
     remove_stale_temporaries,
 )
 from engine.cli import Devices, parse_gpus
+from engine.console import params_ops_line
 from engine.errors import first_line
 from engine.interrupt import lightning_signals, signal_name
 from engine.trainer import accumulation, build_trainer, run_dir, save_config, seed_everything
@@ -50,6 +56,13 @@ class TaskModule(Protocol):
     @staticmethod
     def validation_plan(cfg: CfgNode) -> tuple[str | None, int]: ...
 
+    @staticmethod
+    def inference_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]: ...
+
+    @staticmethod
+    def write_prediction(cfg: CfgNode, image: np.ndarray, output: torch.Tensor, folder: Path,
+                         stem: str) -> list[Path]: ...
+
 
 def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
     """Train as the command line asks; returns the run folder."""
@@ -67,6 +80,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     if ckpt is not None:
         check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
     if args.resume:
+        check_resumable(ckpt, args.resume)
         changes = check_resume_config(ckpt, args.resume, cfg, args.allow_config_change)
         check_not_finished(ckpt, args.resume, cfg)
         if changes and rank_zero_only.rank == 0:
@@ -76,6 +90,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)
     module = build_module(module_cls, cfg)
+    module.recorded_config = cfg.dump()
     if ckpt is not None:
         check_state_dict(ckpt, start, module.state_dict())
         if args.weights:
@@ -87,9 +102,12 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
         print(f"run folder: {folder}")
+        count_on = torch.device("cuda", devices.devices[0]) if devices.accelerator == "gpu" else None
+        print(f"{cfg.MODEL.MODEL_TYPE} {cfg.MODEL.BINARY_TYPE}: "
+              f"{params_ops_line(module.model, evaluation_input(cfg, task), count_on)}")
 
     def stopped(signum: int) -> str:
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or args.resume
+        last = last_checkpoint(trainer)
         name = signal_name(signum)
         if not last:
             return (f"interrupted by {name} in epoch {trainer.current_epoch}, before any checkpoint was written; "
@@ -152,13 +170,12 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
     check_launcher(cfg)
-    ckpt = load_checkpoint(args.checkpoint)
-    check_checkpoint_matches(ckpt, args.checkpoint, module_cls.identity(cfg))
+    if getattr(args, "out", None) is not None:
+        raise ConfigError("--out DIR goes with --predict IMAGE_OR_FOLDER (without --predict the test scripts "
+                          "evaluate and write <checkpoint stem>.test.json beside the checkpoint)")
+    module, epoch = load_trained_module(args.checkpoint, cfg, module_cls)
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
-    module = module_cls.from_config(cfg, pretrained=False)
-    check_state_dict(ckpt, args.checkpoint, module.state_dict())
-    module.load_state_dict(ckpt["state_dict"])
     trainer = build_trainer(cfg, devices, None, None)
     with lightning_signals(lambda signum: f"interrupted by {signal_name(signum)} during evaluation; nothing written"):
         logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
@@ -170,12 +187,36 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
             "config": str(args.config),
             "checkpoint": str(args.checkpoint),
             "dataset": cfg.DATASET.DATASET,
-            "epoch": ckpt.get("epoch"),
+            "epoch": epoch,
             "metrics": metrics,
         }
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"metrics written to {out}")
     return metrics
+
+
+def load_trained_module(checkpoint: str | Path, cfg: CfgNode,
+                        module_cls: type[TaskModule]) -> tuple[L.LightningModule, int | None]:
+    """The task module of ``cfg`` with the weights of ``checkpoint``, and the epoch it was saved at (or None).
+
+    The one loading step of evaluation and prediction: the file is read (one-line ConfigError if it is missing or
+    not a checkpoint), its stored model identity (model, method, classes / maximum depth) must equal the config's,
+    and its ``state_dict`` must fit the module exactly. Full and weights-only checkpoints load alike.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    check_checkpoint_matches(ckpt, checkpoint, module_cls.identity(cfg))
+    module = module_cls.from_config(cfg, pretrained=False)
+    check_state_dict(ckpt, checkpoint, module.state_dict())
+    module.load_state_dict(ckpt["state_dict"])
+    return module, ckpt.get("epoch")
+
+
+def evaluation_input(cfg: CfgNode, task: str) -> tuple[int, int]:
+    """The config's evaluation input (H, W): ``CROP_SIZE`` squared (segmentation), ``INPUT_HEIGHT x INPUT_WIDTH``
+    (depth), as ``python -m models.summary`` counts."""
+    if task == "segmentation":
+        return cfg.DATASET.CROP_SIZE, cfg.DATASET.CROP_SIZE
+    return cfg.DATASET.INPUT_HEIGHT, cfg.DATASET.INPUT_WIDTH
 
 
 def check_names(cfg: CfgNode, task: str, config: str | Path) -> None:

@@ -6,7 +6,9 @@ A task module (`train_segmentation.SegmentationModule`, `train_depth.DepthModule
 ``empty_loss_message``. This base runs them: metrics are reset at each epoch start and computed once at its end
 over the whole set of every process (README, Training recipe and deviations); the optimiser is AdamW with
 OneCycleLR stepped once per epoch (README, Training recipe), re-created for the config's schedule when a resumed
-run changed it; an epoch in which no pixel entered the training loss stops the run (README, Reliability).
+run changed it; an epoch in which no pixel entered the training loss stops the run (README, Reliability). The
+merged config of a training run (``recorded_config``, YAML text) goes into every checkpoint, the weights-only
+best-epoch file included, under `engine.checkpoints.CONFIG_KEY`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
 from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
+from engine.checkpoints import CONFIG_KEY
 from engine.errors import EmptyLoss
 
 
@@ -39,6 +42,7 @@ class DenseTaskModule(L.LightningModule):
     val_metric: Metric
     test_metric: Metric
     _shown: tuple[torch.Tensor, ...] | None = None
+    recorded_config: str | None = None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)
@@ -99,6 +103,12 @@ class DenseTaskModule(L.LightningModule):
                 self.log(f"{stage}/{name}", torch.as_tensor(value, dtype=torch.float32, device=self.device),
                          prog_bar=name == self.main_metric)
         metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store ``recorded_config`` (read back by `engine.checkpoints.check_resume_config`); Lightning calls this
+        for full and weights-only checkpoints alike."""
+        if self.recorded_config is not None:
+            checkpoint[CONFIG_KEY] = self.recorded_config
 
     def _tensorboard(self) -> TensorBoardLogger | None:
         """The TensorBoard logger when there is one and this is the global-zero process with a sample to show."""

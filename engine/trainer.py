@@ -1,7 +1,9 @@
 """Lightning plumbing shared by the four scripts: seeding, run folder, loggers, checkpoints, the Trainer.
 
 A run lives in ``OUTPUT_DIR/<task>/<config name>/version_<n>/`` with ``config.yaml`` (the merged config),
-TensorBoard events, ``metrics.csv`` and ``checkpoints/{last.ckpt, best-epochNNN.ckpt}``.
+TensorBoard events, ``metrics.csv`` and ``checkpoints/{last.ckpt, best-epochNNN.ckpt}``: ``last.ckpt`` holds the full
+training state for ``--resume``; the best-epoch file only what evaluation needs (weights, hyper-parameters, config,
+epoch), a third of the size (README, Training and evaluation).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from yacs.config import CfgNode
 
 from configs.loading import ConfigError
-from engine.callbacks import ConfigRecorder, EpochSeed, NonFiniteLossGuard
+from engine.callbacks import EpochSeed, LastCheckpoint, NonFiniteLossGuard
 from engine.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
 from engine.cli import Devices
+from engine.console import silence_known_notices
 from engine.errors import RunFault
 
 RUN_DIR_ENV = "BIDENSE_RUN_DIR"
@@ -95,9 +98,10 @@ def accumulation(cfg: CfgNode, devices: Devices) -> int:
     return t.BATCH_SIZE // per_step
 
 
-def _limit(value: float) -> float | int:
-    """Lightning's convention: a float <= 1 is a fraction of the batches, a larger value a number of batches."""
-    return value if value <= 1.0 else int(value)
+def _limits(**limits: float) -> dict[str, float | int]:
+    """Lightning's ``limit_*_batches`` arguments: a float <= 1 is a fraction of the batches, a larger value a number
+    of batches; 1.0 (all batches, Lightning's default) is left out, so Lightning prints no notice about it."""
+    return {key: value if value <= 1.0 else int(value) for key, value in limits.items() if value != 1.0}
 
 
 def build_trainer(
@@ -122,19 +126,22 @@ def build_trainer(
         num_nodes=cfg.TRAINING.NUM_NODES,
         strategy="ddp_find_unused_parameters_true" if processes > 1 else "auto",
         precision=cfg.TRAINING.PRECISION,
-        limit_val_batches=_limit(cfg.TRAINING.LIMIT_VAL_BATCHES),
-        limit_test_batches=_limit(cfg.TRAINING.LIMIT_VAL_BATCHES),
+        enable_model_summary=False,  # counts latent float weights; engine.console prints the binary-aware count
+        **_limits(limit_val_batches=cfg.TRAINING.LIMIT_VAL_BATCHES, limit_test_batches=cfg.TRAINING.LIMIT_VAL_BATCHES),
     )
+    silence_known_notices(folder)
     if folder is None:
         return L.Trainer(logger=False, enable_checkpointing=False, **common)
     if eval_freq == 0:
         common["limit_val_batches"] = 0
-    checkpoints = ModelCheckpoint(
-        dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-        monitor=monitor, mode="max", save_top_k=1 if monitor else 0, save_last=True,
-    )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), NonFiniteLossGuard(),
-                 EpochSeed(cfg.RANDOM_SEED), ConfigRecorder(cfg)]
+    checkpoints = [LastCheckpoint(folder / "checkpoints")]
+    if monitor:  # before last.ckpt, which then stores this callback's state of the same epoch
+        checkpoints.insert(0, ModelCheckpoint(
+            dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+            monitor=monitor, mode="max", save_top_k=1, save_weights_only=True,
+        ))
+    callbacks = [*checkpoints, LearningRateMonitor(logging_interval="epoch"), NonFiniteLossGuard(),
+                 EpochSeed(cfg.RANDOM_SEED)]
     loggers = [
         TensorBoardLogger(save_dir=folder.parent, name="", version=folder.name, default_hp_metric=False),
         CSVLogger(save_dir=folder.parent, name="", version=folder.name),
@@ -143,7 +150,7 @@ def build_trainer(
         max_epochs=cfg.TRAINING.STOP_AT_EPOCH or cfg.TRAINING.NUM_EPOCHS,
         accumulate_grad_batches=accumulation(cfg, devices),
         check_val_every_n_epoch=max(eval_freq, 1),
-        limit_train_batches=_limit(cfg.TRAINING.LIMIT_TRAIN_BATCHES),
+        **_limits(limit_train_batches=cfg.TRAINING.LIMIT_TRAIN_BATCHES),
         log_every_n_steps=cfg.TRAINING.LOG_EVERY_N_STEPS,
         callbacks=callbacks,
         logger=loggers,

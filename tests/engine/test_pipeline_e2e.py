@@ -9,6 +9,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +69,13 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     """Two epochs of a three-epoch schedule (STOP_AT_EPOCH 2), then --resume for the last epoch."""
     out = tmp_path_factory.mktemp("runs")
     first = run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
-                "TRAINING.STOP_AT_EPOCH", "2")
+                "TRAINING.STOP_AT_EPOCH", "2", PYTHONWARNINGS="")  # the warnings a user sees
     run_a = out / "segmentation" / "upernet_bidense_demo" / "version_0"
     assert f"run folder: {run_a}" in first.stdout
     run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
         "--resume", str(run_a / "checkpoints" / "last.ckpt"))
-    return {"a": run_a, "b": out / "segmentation" / "upernet_bidense_demo" / "version_1", "data": data, "out": out}
+    return {"a": run_a, "b": out / "segmentation" / "upernet_bidense_demo" / "version_1", "data": data, "out": out,
+            "console": first.stdout + first.stderr}
 
 
 def test_training_writes_run_folder_and_loss_falls(trained):
@@ -92,6 +94,52 @@ def test_training_writes_run_folder_and_loss_falls(trained):
     ckpt = load_checkpoint(run_a / "checkpoints" / "last.ckpt")
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * STEPS
     assert ckpt["hyper_parameters"]["binary_type"] == "bidense" and ckpt["hyper_parameters"]["num_classes"] == 7
+
+
+def test_console_shows_binary_counts_and_no_known_noise(trained):
+    """The binary-aware Params / OPs line instead of Lightning's summary (which counts latent float weights:
+    "40.0 M"), and none of the four known-harmless notices."""
+    console = trained["console"]
+    counts = re.search(r"upernet bidense: Params ([\d,.]+) K, OPs ([\d.]+) G at 1x3x32x32", console)
+    assert counts, console[-3000:]
+    assert 1000 < float(counts.group(1).replace(",", "")) < 2500 and 0 < float(counts.group(2)) < 1
+    for noise in ("Trainable params", "Total params", "litlogger", "litmodels", "exists and is not empty",
+                  "OneCycleLR", "LeafSpec"):
+        assert noise not in console, noise
+
+
+def test_best_checkpoint_is_weights_only_and_evaluates(trained, monkeypatch, capsys):
+    """best-epochNNN.ckpt: weights, identity, config and epoch, no optimizer state, about a third of last.ckpt;
+    the test script evaluates it."""
+    folder = trained["a"] / "checkpoints"
+    best = next(folder.glob("best-epoch*.ckpt"))
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    assert {"state_dict", "hyper_parameters", "bidense_config", "epoch"} <= set(ckpt)
+    assert not {"optimizer_states", "lr_schedulers", "callbacks"} & set(ckpt)
+    assert "DATASET: demo" in ckpt["bidense_config"] and ckpt["hyper_parameters"]["num_classes"] == 7
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert torch.equal(last["state_dict"]["model.head.classifier.weight"],
+                       ckpt["state_dict"]["model.head.classifier.weight"]) == (ckpt["epoch"] == last["epoch"])
+    assert best.stat().st_size < 0.4 * (folder / "last.ckpt").stat().st_size
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["test_segmentation.py", SEG_DEMO, str(best),
+                                      *tiny(trained["data"], trained["out"])])
+    importlib.import_module("test_segmentation").main()
+    result = json.loads(best.with_name(best.stem + ".test.json").read_text())
+    assert result["epoch"] == ckpt["epoch"] and 0.0 <= result["metrics"]["mIoU"] <= 1.0
+
+
+def test_resume_from_a_best_checkpoint_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    best = next((trained["a"] / "checkpoints").glob("best-epoch*.ckpt"))
+    monkeypatch.delenv("BIDENSE_RUN_DIR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train_segmentation.py", SEG_DEMO, "--resume", str(best),
+                                      *tiny(trained["data"], tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module("train_segmentation").main()
+    assert exit_.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "holds the weights only" in lines[0] and f"--weights {best}" in lines[0]
+    assert not any(tmp_path.iterdir())
 
 
 def test_resume_continues_the_schedule(trained):
