@@ -22,6 +22,7 @@ from configs.loading import ConfigError, load_config
 from datasets import build_datamodule, list_datasets
 from engine.checkpoints import check_checkpoint_matches, check_resume_config, load_checkpoint
 from engine.cli import Devices, parse_gpus
+from engine.compilation import compile_model
 from engine.trainer import build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
 
@@ -60,6 +61,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     module = module_cls.from_config(cfg)
     if ckpt is not None and args.weights:
         module.load_state_dict(ckpt["state_dict"])
+    compile_model(module, cfg.TRAINING.COMPILE)
     folder = run_dir(cfg, args.config)
     monitor, eval_freq = module_cls.validation_plan(cfg)
     trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
@@ -81,6 +83,7 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
     _notice(devices)
     module = module_cls.from_config(cfg, pretrained=False)
     module.load_state_dict(ckpt["state_dict"])
+    compile_model(module, cfg.TRAINING.COMPILE)
     trainer = build_trainer(cfg, devices, None, None)
     logged = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {name.split("/", 1)[-1]: float(value) for name, value in logged.items()}
