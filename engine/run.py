@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from datasets import build_datamodule, list_datasets
 from engine.checkpoints import check_checkpoint_matches, check_resume_config, load_checkpoint
 from engine.cli import Devices, parse_gpus
 from engine.compilation import compile_model
-from engine.trainer import build_trainer, run_dir, save_config, seed_everything
+from engine.trainer import accumulation, build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
 
 
@@ -67,8 +68,17 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
+    node_first = int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0) == 0
+    if node_first:
+        processes = devices.count * cfg.TRAINING.NUM_NODES
+        steps = accumulation(cfg, devices)
         print(f"run folder: {folder}")
+        print(f"effective batch {cfg.TRAINING.BATCH_SIZE_ON_1_GPU * processes * steps} = "
+              f"{cfg.TRAINING.BATCH_SIZE_ON_1_GPU} per process x {processes} processes x {steps} accumulation steps")
     trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
+    if node_first:
+        final = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("valid/")}
+        print("final metrics: " + ", ".join(f"{name} {value!r}" for name, value in sorted(final.items())))
     return folder
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from yacs.config import CfgNode
 
+from configs.loading import ConfigError
 from engine.callbacks import ConfigRecorder, EpochSeed, NonFiniteLossGuard
 from engine.checkpoints import AtomicCheckpointIO
 from engine.cli import Devices
@@ -40,12 +41,17 @@ def run_dir(cfg: CfgNode, config_path: str | Path) -> Path:
 
     The launching process picks it and exports it in ``BIDENSE_RUN_DIR``, which the DDP worker processes that
     Lightning starts inherit (they have ``LOCAL_RANK`` set). Under SLURM or torchrun (every process started from
-    outside) the folder is named by the job id so that all processes agree.
+    outside) the folder is named by the job id (``SLURM_JOB_ID``, or torchrun's ``--rdzv-id``) so that all processes
+    agree; torchrun with several processes and no ``--rdzv-id`` is a ConfigError.
     """
     if os.environ.get(RUN_DIR_ENV) and "LOCAL_RANK" in os.environ:
         return Path(os.environ[RUN_DIR_ENV])
     base = Path(cfg.OUTPUT_DIR) / Path(config_path).stem
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if job == "none" and "TORCHELASTIC_RUN_ID" in os.environ and world > 1:
+        raise ConfigError(f"torchrun with {world} processes: give every node the same --rdzv-id JOB so that all "
+                          f"processes write to one run folder ({base}/job_JOB)")
     if job != "none":
         path = base / f"job_{job}"
     else:
