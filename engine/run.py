@@ -42,7 +42,12 @@ class TaskModule(Protocol):
 
 
 def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
-    """Train as the command line asks; returns the run folder."""
+    """Train as the command line asks; returns the run folder.
+
+    The first process of every node prints the run folder, the effective batch (per-process batch x processes x
+    accumulation steps) and, at the end, the final validation metrics, so that the nodes' logs can be compared
+    (README, Training and evaluation).
+    """
     cfg = load_config(task, args.config, args.overrides)
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
@@ -76,8 +81,8 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
         print(f"effective batch {cfg.TRAINING.BATCH_SIZE_ON_1_GPU * processes * steps} = "
               f"{cfg.TRAINING.BATCH_SIZE_ON_1_GPU} per process x {processes} processes x {steps} accumulation steps")
     trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
-    if node_first:
-        final = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("valid/")}
+    final = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("valid/")}
+    if node_first and final:
         print("final metrics: " + ", ".join(f"{name} {value!r}" for name, value in sorted(final.items())))
     return folder
 

@@ -41,8 +41,7 @@ def test_task_module_keys_unchanged(task, cls, config):
     inner = module.model
     assert compile_model(module, cfg.TRAINING.COMPILE) is module and module.model is inner
     assert module.model._compiled_call_impl is not None
-    assert list(module.state_dict()) == keys and all(k.startswith(("model.", "criterion")) for k in keys if
-                                                     "metric" not in k)
+    assert list(module.state_dict()) == keys and all(key.startswith("model.") for key in keys)
 
 
 def test_disabled_leaves_the_model_eager():
