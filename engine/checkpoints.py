@@ -37,11 +37,12 @@ from configs.loading import ConfigError
 from engine.errors import CheckpointWriteError, first_line
 
 CONFIG_KEY = "bidense_config"
-# Keys that may differ on --resume: where things are, how many workers load them, when this invocation stops
-# and how often it logs; none changes the training itself.
+# Keys that may differ on --resume: where things are, how many workers load them, when this invocation stops,
+# how often it logs and whether the model is compiled; none changes the training itself.
 RESUMABLE_KEYS = frozenset({
     "OUTPUT_DIR", "DATASET.DATA_PATH", "DATASET.GT_PATH", "DATASET.DATA_PATH_EVAL", "DATASET.GT_PATH_EVAL",
     "MODEL.PRETRAINED", "TRAINING.NUM_THREADS", "TRAINING.STOP_AT_EPOCH", "TRAINING.LOG_EVERY_N_STEPS",
+    "TRAINING.COMPILE",
 })
 
 

@@ -37,6 +37,7 @@ from engine.checkpoints import (
     remove_stale_temporaries,
 )
 from engine.cli import Devices, parse_gpus
+from engine.compilation import compile_model
 from engine.console import params_ops_line
 from engine.errors import first_line
 from engine.interrupt import lightning_signals, signal_name
@@ -65,7 +66,12 @@ class TaskModule(Protocol):
 
 
 def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Path:
-    """Train as the command line asks; returns the run folder."""
+    """Train as the command line asks; returns the run folder.
+
+    The first process of every node prints the run folder, the effective batch (per-process batch x processes x
+    accumulation steps) and, at the end, the final validation metrics, so that the nodes' logs can be compared
+    (README, Training and evaluation).
+    """
     cfg = load_config(task, args.config, args.overrides)
     check_names(cfg, task, args.config)
     devices = parse_gpus(args.gpus, args.cpu_processes)
@@ -96,12 +102,19 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
         if args.weights:
             module.load_state_dict(ckpt["state_dict"])
     del ckpt
+    compile_model(module, cfg.TRAINING.COMPILE)
     folder = run_dir(cfg, args.config, task)
     monitor, eval_freq = module_cls.validation_plan(cfg)
     trainer = build_trainer(cfg, devices, folder, monitor, eval_freq)
     if rank_zero_only.rank == 0:
         save_config(cfg, folder)
+    node_first = int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0) == 0
+    if node_first:
+        processes = devices.count * cfg.TRAINING.NUM_NODES
+        steps = accumulation(cfg, devices)
         print(f"run folder: {folder}")
+        print(f"effective batch {cfg.TRAINING.BATCH_SIZE_ON_1_GPU * processes * steps} = "
+              f"{cfg.TRAINING.BATCH_SIZE_ON_1_GPU} per process x {processes} processes x {steps} accumulation steps")
         count_on = torch.device("cuda", devices.devices[0]) if devices.accelerator == "gpu" else None
         print(f"{cfg.MODEL.MODEL_TYPE} {cfg.MODEL.BINARY_TYPE}: "
               f"{params_ops_line(module.model, evaluation_input(cfg, task), count_on)}")
@@ -117,6 +130,9 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
 
     with lightning_signals(stopped):
         trainer.fit(module, datamodule=datamodule, ckpt_path=args.resume)
+    final = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("valid/")}
+    if node_first and final:
+        print("final metrics: " + ", ".join(f"{name} {value!r}" for name, value in sorted(final.items())))
     return folder
 
 
@@ -174,6 +190,7 @@ def evaluate(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) 
         raise ConfigError("--out DIR goes with --predict IMAGE_OR_FOLDER (without --predict the test scripts "
                           "evaluate and write <checkpoint stem>.test.json beside the checkpoint)")
     module, epoch = load_trained_module(args.checkpoint, cfg, module_cls)
+    compile_model(module, cfg.TRAINING.COMPILE)
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
     trainer = build_trainer(cfg, devices, None, None)

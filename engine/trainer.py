@@ -45,8 +45,10 @@ def run_dir(cfg: CfgNode, config_path: str | Path, task: str) -> Path:
     The folder is claimed with an exclusive ``os.mkdir`` (the next free n, retried with n + 1 while another run
     takes it first), so runs started at the same moment never share one. The launching process exports it in
     ``BIDENSE_RUN_DIR``, which the DDP worker processes that Lightning starts inherit (they have ``LOCAL_RANK``
-    set). Under SLURM or torchrun (every process started from outside) the folder is named by the job id so that
-    all processes agree. Stale temporary checkpoint files of the config's earlier, killed runs are removed.
+    set). Under SLURM or torchrun (every process started from outside) the folder is named by the job id
+    (``SLURM_JOB_ID``, or torchrun's ``--rdzv-id``) so that all processes agree; torchrun with several processes and
+    no ``--rdzv-id`` is a ConfigError. Stale temporary
+    checkpoint files of the config's earlier, killed runs are removed.
 
     Raises:
         RunFault: the folder cannot be created (naming it and OUTPUT_DIR).
@@ -55,6 +57,10 @@ def run_dir(cfg: CfgNode, config_path: str | Path, task: str) -> Path:
         return Path(os.environ[RUN_DIR_ENV])
     base = Path(cfg.OUTPUT_DIR) / task / Path(config_path).stem
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if job == "none" and "TORCHELASTIC_RUN_ID" in os.environ and world > 1:
+        raise ConfigError(f"torchrun with {world} processes: give every node the same --rdzv-id JOB so that all "
+                          f"processes write to one run folder ({base}/job_JOB)")
     path = base / f"job_{job}"
     try:
         base.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,11 @@ _C.TRAINING.EVAL_FREQ = 1
 _C.TRAINING.WEIGHT_DECAY = 0.01
 # Addition. Lightning precision: "32" (as released), "bf16-mixed", "16-mixed".
 _C.TRAINING.PRECISION = "32"
+# Addition. Compile the whole model with torch.compile (default backend) before training or evaluation; the
+# weights and checkpoint keys are unchanged, so a checkpoint moves freely between compiled and eager runs. The
+# first steps of each mode (training, evaluation) pay the compilation (minutes for UPerNet on a CPU; README,
+# Training and evaluation).
+_C.TRAINING.COMPILE = False
 # Addition. Number of nodes (machines) for multi-node DDP under torchrun or SLURM.
 _C.TRAINING.NUM_NODES = 1
 # Addition. End this invocation after this many epochs of the NUM_EPOCHS schedule (0 = run to NUM_EPOCHS); continue
