@@ -43,6 +43,7 @@ from engine.errors import first_line
 from engine.interrupt import lightning_signals, signal_name
 from engine.trainer import accumulation, build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
+from models.pretrained import PretrainedWeightsUnavailable
 
 
 class TaskModule(Protocol):
@@ -95,7 +96,7 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     datamodule = build_datamodule(cfg, task)
     _notice(devices)
     seed_everything(cfg.RANDOM_SEED)
-    module = build_module(module_cls, cfg)
+    module = build_module(module_cls, cfg, pretrained=ckpt is None)
     module.recorded_config = cfg.dump()
     if ckpt is not None:
         check_state_dict(ckpt, start, module.state_dict())
@@ -167,12 +168,19 @@ def check_launcher(cfg: CfgNode) -> None:
                           f"(--nodes {nodes} --ntasks-per-node GPUS); this process was started by neither")
 
 
-def build_module(module_cls: type[TaskModule], cfg: CfgNode) -> L.LightningModule:
-    """``module_cls.from_config(cfg)``; a MODEL.PRETRAINED file that does not fit the backbone is a ConfigError
-    naming the key and the file (the file itself was read safely by `fit` before: `load_checkpoint`)."""
+def build_module(module_cls: type[TaskModule], cfg: CfgNode, pretrained: bool = True) -> L.LightningModule:
+    """``module_cls.from_config(cfg, pretrained)``; a MODEL.PRETRAINED file that does not fit the backbone is a
+    ConfigError naming the key and the file (the file itself was read safely by `fit` before: `load_checkpoint`),
+    and so are standard weights that are neither cached nor downloadable (`models.pretrained`).
+    ``pretrained=False`` (the weights come from a checkpoint) loads and fetches nothing."""
     path = cfg.MODEL.PRETRAINED
+    if not pretrained:
+        return module_cls.from_config(cfg, pretrained=False)
     if not path:
-        return module_cls.from_config(cfg)
+        try:
+            return module_cls.from_config(cfg)
+        except PretrainedWeightsUnavailable as err:
+            raise ConfigError(str(err)) from err
     try:
         return module_cls.from_config(cfg)
     except Exception as err:  # the loaders raise many types for a file that is not a checkpoint of this backbone
