@@ -19,7 +19,7 @@ import torch
 from configs.loading import ConfigError
 from datasets.io import DataError
 from engine.errors import RunFault, first_line
-from engine.interrupt import Interrupted, install
+from engine.interrupt import Interrupted, sigterm_raises
 
 DEBUG_ENV = "BIDENSE_DEBUG"
 
@@ -121,9 +121,9 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     """
     args = parser.parse_intermixed_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    install()
     try:
-        main(args)
+        with sigterm_raises():
+            main(args)
     except Interrupted as err:
         print(f"{parser.prog}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

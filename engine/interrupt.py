@@ -7,7 +7,7 @@ status 0); SIGINT raises ``KeyboardInterrupt``, which Lightning turns into ``sys
 turns both into `Interrupted` carrying the message and status 128 + signal number. A checkpoint write is never
 cut short by SIGTERM (Lightning checks the flag between batches), and a write cut short by SIGINT leaves the
 previous file whole (`engine.checkpoints.atomic_save`). Outside Lightning (configuration, data preparation) the
-handler installed by `install` raises `Interrupted` at once.
+handler of `sigterm_raises` raises `Interrupted` at once.
 """
 
 from __future__ import annotations
@@ -46,11 +46,18 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
                                   "run the command again")
 
 
-def install() -> None:
-    """Make SIGTERM raise `Interrupted` outside Lightning's loops (main thread only; an ignored SIGTERM stays
-    ignored). SIGINT keeps Python's ``KeyboardInterrupt``."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises `Interrupted` outside Lightning's loops (main thread only; an ignored SIGTERM stays
+    ignored); the previous handler is restored on leaving. SIGINT keeps Python's ``KeyboardInterrupt``."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def signal_name(signum: int) -> str:

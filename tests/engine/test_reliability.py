@@ -616,7 +616,7 @@ def test_signals_become_interrupted_with_the_conventional_status():
     (SIGINT) -> 130, any other exit unchanged. Outside: the installed SIGTERM handler raises at once."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from engine.interrupt import Interrupted, install, lightning_signals
+    from engine.interrupt import Interrupted, lightning_signals, sigterm_raises
 
     with pytest.raises(Interrupted) as err, lightning_signals(lambda s: f"stopped by {signal.Signals(s).name}"):
         raise SIGTERMException
@@ -631,11 +631,8 @@ def test_signals_become_interrupted_with_the_conventional_status():
         sys.exit(3)
     assert plain.value.code == 3
     previous = signal.getsignal(signal.SIGTERM)
-    try:
-        install()
-        with pytest.raises(Interrupted) as err:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-        assert err.value.exit_code == 143 and "interrupted by SIGTERM before training" in str(err.value)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(Interrupted) as err, sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert err.value.exit_code == 143 and "interrupted by SIGTERM before training" in str(err.value)
+    assert signal.getsignal(signal.SIGTERM) == previous
