@@ -163,9 +163,10 @@ def check_launcher(cfg: CfgNode) -> None:
     torchrun = all(key in os.environ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"))
     srun = "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ
     if not (torchrun or srun):
-        raise ConfigError(f"TRAINING.NUM_NODES {nodes}: start one process per GPU on each of the {nodes} nodes with "
-                          f"torchrun (--nnodes {nodes} --nproc-per-node GPUS --rdzv-endpoint HOST:PORT) or SLURM srun "
-                          f"(--nodes {nodes} --ntasks-per-node GPUS); this process was started by neither")
+        raise ConfigError(f"TRAINING.NUM_NODES {nodes}: start one process per GPU on each of the {nodes} nodes "
+                          f"with torchrun (--nnodes {nodes} --nproc-per-node GPUS --rdzv-id JOB --rdzv-endpoint "
+                          f"HOST:PORT) or SLURM srun (--nodes {nodes} --ntasks-per-node GPUS); this process was "
+                          f"started by neither")
 
 
 def build_module(module_cls: type[TaskModule], cfg: CfgNode, pretrained: bool = True) -> L.LightningModule:

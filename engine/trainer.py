@@ -47,8 +47,8 @@ def run_dir(cfg: CfgNode, config_path: str | Path, task: str) -> Path:
     ``BIDENSE_RUN_DIR``, which the DDP worker processes that Lightning starts inherit (they have ``LOCAL_RANK``
     set). Under SLURM or torchrun (every process started from outside) the folder is named by the job id
     (``SLURM_JOB_ID``, or torchrun's ``--rdzv-id``) so that all processes agree; torchrun with several processes and
-    no ``--rdzv-id`` is a ConfigError. Stale temporary
-    checkpoint files of the config's earlier, killed runs are removed.
+    no ``--rdzv-id`` is a ConfigError. Stale temporary checkpoint files of the config's earlier, killed runs are
+    removed.
 
     Raises:
         RunFault: the folder cannot be created (naming it and OUTPUT_DIR).

@@ -18,7 +18,7 @@ from configs import ConfigError, load_config
 from engine.trainer import run_dir
 from tests.engine.test_pipeline_e2e import REPO, SEG_DEMO, epoch_values, read_csv, run, tiny
 
-STEPS = 4  # training batches per node: 2 optimizer steps of 2 accumulated batches, at OneCycleLR's epoch-0 rate 1e-3
+STEPS = 4  # training batches per node: 2 optimizer steps of 2 accumulated batches (tiny's MAX_LR 1e-3)
 VAL_PER_NODE = 6  # validation images per node; the one-process check evaluates the first 2 x VAL_PER_NODE
 
 
@@ -32,7 +32,7 @@ def test_two_nodes_agree_and_match_one_process(tmp_path):
     data, out = tmp_path / "data", tmp_path / "runs"
     overrides = [*tiny(data, out), "TRAINING.BATCH_SIZE", "4", "TRAINING.BATCH_SIZE_ON_1_GPU", "1",
                  "TRAINING.LIMIT_TRAIN_BATCHES", str(STEPS), "TRAINING.LIMIT_VAL_BATCHES", str(VAL_PER_NODE),
-                 "TRAINING.NUM_EPOCHS", "3", "TRAINING.STOP_AT_EPOCH", "1", "TRAINING.MAX_LR", "2.5e-2"]
+                 "TRAINING.NUM_EPOCHS", "3", "TRAINING.STOP_AT_EPOCH", "1"]
     port = _free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("BIDENSE_RUN_DIR", None)
