@@ -14,11 +14,14 @@ Name mapping (README, "Converting released checkpoints"), for every released mod
 no computation uses are dropped (`RELEASED_UNUSED`: the ConvNeXt ImageNet ``norm`` / ``head`` in UPerNet, the
 never-called skip unit ``scratch.refinenet4.resConfUnit1`` of DPT), the two state dicts hold the same tensors:
 
-1. an entry whose name, with the leaf aliases of `LEAF_ALIASES` (``binarizer.alpha`` = ``binarizer.a``), is a name
-   of this model's state dict keeps it (the DINOv2 backbone and every other identically named tensor);
-2. the remaining entries pair in state-dict order (both models register their modules in the same order), each
-   pair with the same leaf name (up to the aliases) and the same number of elements; a tensor is reshaped to this
-   model's shape (the released per-channel biases are (1, C, 1, 1), here (C,)).
+1. an entry whose name, with the leaf aliases of `LEAF_ALIASES` (``binarizer.alpha`` = ``binarizer.a``, the BiViT
+   attention ``scaling_factor`` = ``scale``), is a name of this model's state dict keeps it (the DINOv2 backbone
+   and every other identically named tensor);
+2. the remaining entries pair module by module (a module = the entries under one parent name): each released
+   module, in state-dict order, takes the first module of this model not yet taken that holds the same entries
+   (leaf names up to the aliases, element counts, in order); modules of one kind are registered in the same
+   relative order in both codes.  A tensor is reshaped to this model's shape (the released per-channel biases
+   are (1, C, 1, 1), here (C,)).
 
 Anything else fails with one line naming the first released key that does not match.
 """
@@ -40,7 +43,7 @@ RELEASED_UNUSED: dict[str, tuple[str, ...]] = {
     "dpt": ("scratch.refinenet4.resConfUnit1.",),
 }
 # Released leaf name -> this project's leaf name.
-LEAF_ALIASES: dict[str, str] = {"alpha": "a"}
+LEAF_ALIASES: dict[str, str] = {"alpha": "a", "scaling_factor": "scale"}
 RELEASED_METHODS = ("bidense", "fp32_0")
 
 
@@ -78,29 +81,37 @@ def match_names(released: Mapping[str, torch.Tensor], target: Mapping[str, torch
             ``target`` left without a released partner).
     """
     drop = RELEASED_UNUSED[model_type]
-    names: dict[str, str] = {}
-    rest = []
-    for key in released:
-        if key.startswith(drop):
-            continue
-        name = _aliased(key)
-        if name in target:
-            names[key] = name
-        else:
-            rest.append(key)
+    kept = [key for key in released if not key.startswith(drop)]
+    names = {key: _aliased(key) for key in kept if _aliased(key) in target}
     taken = set(names.values())
-    free = [name for name in target if name not in taken]
-    for i, key in enumerate(rest):
-        if i >= len(free):
-            raise ConversionError(f"released key {key!r} has no partner in the {model_type} model")
-        if _leaf(key) != _leaf(free[i]):
-            raise ConversionError(f"released key {key!r} does not match {free[i]!r} (the entry at its place)")
-        names[key] = free[i]
-    if len(free) > len(rest):
-        raise ConversionError(f"no released entry for {free[len(rest)]!r} ({len(free) - len(rest)} missing in all)")
-    for key, name in names.items():
-        _check_size(key, released[key], name, target[name])
+    for key in kept:
+        if key in names:
+            _check_size(key, released[key], names[key], target[names[key]])
+    free = _modules([name for name in target if name not in taken], target)
+    for module, keys in _modules([key for key in kept if key not in names], released).items():
+        signature = _signature(keys, released)
+        partner = next((m for m, ours in free.items() if _signature(ours, target) == signature), None)
+        if partner is None:
+            raise ConversionError(f"released key {keys[0]!r} does not match (no entry of the {model_type} model "
+                                  f"left with the entries of {module!r}: "
+                                  f"{', '.join(f'{leaf} {n}' for leaf, n in signature)})")
+        names.update(zip(keys, free.pop(partner), strict=True))
+    if free:
+        first = next(iter(free.values()))[0]
+        raise ConversionError(f"no released entry for {first!r} ({sum(map(len, free.values()))} missing in all)")
     return names
+
+
+def _modules(keys: list[str], state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Entries grouped by their module (the name without the leaf), in state-dict order."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.rpartition(".")[0], []).append(key)
+    return groups
+
+
+def _signature(keys: list[str], state: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int], ...]:
+    return tuple((_leaf(key), state[key].numel() if isinstance(state[key], torch.Tensor) else -1) for key in keys)
 
 
 def released_to_ours(released: Mapping[str, torch.Tensor], model: nn.Module, model_type: str) -> dict[str, Any]:

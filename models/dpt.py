@@ -140,22 +140,27 @@ class DPT(nn.Module):
         c1, c2, c3, c4 = out_channels
         if method.binary:
             # The released binary conv units of the projections and output_conv1 have no bias.
-            self.projects = nn.ModuleList([method.conv(dim, c, 1, role="project") for c in out_channels])
+            projects = [method.conv(dim, c, 1, role="project") for c in out_channels]
             resize = [method.up(c1, c1, 4), method.up(c2, c2, 2), nn.Identity(), method.down(c4, c4, 3, 2, 1)]
-            self.layer_rn = nn.ModuleList([method.conv(c, features, 3, padding=1, role="rn") for c in out_channels])
-            self.output_conv1 = method.conv(features, features // 2, 3, padding=1, role="out")
+            layer_rn = [method.conv(c, features, 3, padding=1, role="rn") for c in out_channels]
+            output_conv1 = method.conv(features, features // 2, 3, padding=1, role="out")
         else:
-            self.projects = nn.ModuleList([nn.Conv2d(dim, c, 1) for c in out_channels])
+            projects = [nn.Conv2d(dim, c, 1) for c in out_channels]
             resize = [nn.ConvTranspose2d(c1, c1, 4, stride=4), nn.ConvTranspose2d(c2, c2, 2, stride=2),
                       nn.Identity(), nn.Conv2d(c4, c4, 3, stride=2, padding=1)]
-            self.layer_rn = nn.ModuleList([nn.Conv2d(c, features, 3, padding=1, bias=False) for c in out_channels])
+            layer_rn = [nn.Conv2d(c, features, 3, padding=1, bias=False) for c in out_channels]
             output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
-            self.output_conv1 = (output_conv1 if method.standard
-                                 else nn.Sequential(output_conv1, nn.BatchNorm2d(features // 2)))
+            if not method.standard:
+                output_conv1 = nn.Sequential(output_conv1, nn.BatchNorm2d(features // 2))
+        # Registered in the released order (projections, resamplings, layer_rn, fusions, output_conv1, head), so
+        # the state dict lists the tensors in the released order (`models.convert` relies on it).
+        self.projects = nn.ModuleList(projects)
         self.resize_layers = nn.ModuleList(resize)
+        self.layer_rn = nn.ModuleList(layer_rn)
         self.fusions = nn.ModuleList(
             [FusionBlock(method, features, has_skip=i < 3, norm=rcu_norm) for i in range(4)]
         )
+        self.output_conv1 = output_conv1
         self.head = head
         self.classifier_name = f"head.{classifier_name}"
 
