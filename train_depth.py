@@ -52,23 +52,27 @@ class DepthModule(DenseTaskModule):
 
     def __init__(self, model_type: str, binary_type: str, max_depth: float, variance_focus: float,
                  loss_min_depth: float, min_depth_eval: float, max_depth_eval: float, crop: str | None,
-                 max_lr: float, epochs: int, weight_decay: float = 0.01, pretrained: str = "") -> None:
+                 max_lr: float, epochs: int, weight_decay: float = 0.01, pretrained: str | bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model("depth", model_type, binary_type, max_depth=max_depth,
-                                 pretrained=pretrained or None)
+                                 pretrained=pretrained)
         self.val_metric = DepthMetric(min_depth_eval, max_depth_eval, crop)
         self.test_metric = DepthMetric(min_depth_eval, max_depth_eval, crop)
         self._shown: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, cfg: CfgNode, pretrained: bool = True) -> DepthModule:
-        """The module of ``cfg``; ``pretrained=False`` skips loading MODEL.PRETRAINED (weights come from a ckpt)."""
+        """The module of ``cfg``; ``pretrained=False`` loads no pretrained weights (they come from a ckpt).
+
+        MODEL.PRETRAINED empty means the standard weights of the `fp32` models (`models.pretrained`).
+        """
         return cls(cfg.MODEL.MODEL_TYPE, cfg.MODEL.BINARY_TYPE, float(cfg.MODEL.MAX_DEPTH),
                    cfg.TRAINING.VARIANCE_FOCUS, loss_min_depth(cfg), cfg.ONLINE_EVAL.MIN_DEPTH_EVAL,
                    float(cfg.ONLINE_EVAL.MAX_DEPTH_EVAL),
                    depth_crop(cfg.ONLINE_EVAL.EIGEN_CROP, cfg.ONLINE_EVAL.GARG_CROP), cfg.TRAINING.MAX_LR,
-                   cfg.TRAINING.NUM_EPOCHS, cfg.TRAINING.WEIGHT_DECAY, cfg.MODEL.PRETRAINED if pretrained else "")
+                   cfg.TRAINING.NUM_EPOCHS, cfg.TRAINING.WEIGHT_DECAY,
+                   (cfg.MODEL.PRETRAINED or True) if pretrained else None)
 
     @staticmethod
     def identity(cfg: CfgNode) -> dict[str, Any]:

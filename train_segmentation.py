@@ -83,11 +83,11 @@ class SegmentationModule(DenseTaskModule):
     main_metric = "mIoU"
 
     def __init__(self, model_type: str, binary_type: str, num_classes: int, dataset: str, max_lr: float,
-                 epochs: int, weight_decay: float = 0.01, pretrained: str = "") -> None:
+                 epochs: int, weight_decay: float = 0.01, pretrained: str | bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model("segmentation", model_type, binary_type, num_classes=num_classes,
-                                 pretrained=pretrained or None)
+                                 pretrained=pretrained)
         self.ignore_index = num_classes - 1
         self.criterion = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
         self.val_metric = SegmentationMetric(num_classes, self.ignore_index)
@@ -97,10 +97,13 @@ class SegmentationModule(DenseTaskModule):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, pretrained: bool = True) -> SegmentationModule:
-        """The module of ``cfg``; ``pretrained=False`` skips loading MODEL.PRETRAINED (weights come from a ckpt)."""
+        """The module of ``cfg``; ``pretrained=False`` loads no pretrained weights (they come from a ckpt).
+
+        MODEL.PRETRAINED empty means the standard weights of the `fp32` models (`models.pretrained`).
+        """
         return cls(cfg.MODEL.MODEL_TYPE, cfg.MODEL.BINARY_TYPE, cfg.MODEL.NUM_CLASSES, cfg.DATASET.DATASET,
                    cfg.TRAINING.MAX_LR, cfg.TRAINING.NUM_EPOCHS, cfg.TRAINING.WEIGHT_DECAY,
-                   cfg.MODEL.PRETRAINED if pretrained else "")
+                   (cfg.MODEL.PRETRAINED or True) if pretrained else None)
 
     @staticmethod
     def identity(cfg: CfgNode) -> dict[str, Any]:

@@ -80,7 +80,9 @@ def _segmentation_datamodule(cfg: CfgNode, name: str) -> DenseDataModule:
     if num_classes != expected:
         raise DataError(f"MODEL.NUM_CLASSES is {num_classes} but {name} needs {expected} (its classes + 1 ignore slot)")
     root = _data_path(cfg)
-    train_tf = SegmentationTrainTransform(cfg.DATASET.BASE_SIZE, cfg.DATASET.CROP_SIZE, ignore_index=num_classes - 1)
+    # The authors pad the raw training mask with 0: the ignore slot after ADE20K's label - 1, background for VOC.
+    train_tf = SegmentationTrainTransform(cfg.DATASET.BASE_SIZE, cfg.DATASET.CROP_SIZE, ignore_index=num_classes - 1,
+                                          pad_label=pascal_voc.PAD_LABEL if name == "pascal_voc" else None)
     val_tf = SegmentationValTransform(cfg.DATASET.CROP_SIZE)
     prepare = None
     if name == "ade20k":

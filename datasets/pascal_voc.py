@@ -27,6 +27,8 @@ BASE_DIR = os.path.join("VOCdevkit", "VOC2012")
 SPLITS = ("train", "val", "trainval")
 OFFICIAL_COUNTS = {"train": 1464, "val": 1449, "trainval": 2913}
 NUM_CLASSES = 22  # 21 classes + the ignore slot
+# Training id of the padding of a training crop: the authors pad the raw mask with 0, VOC's background class.
+PAD_LABEL = 0
 EXPECTED_TREE = (
     "VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/{train,val,trainval}.txt}"
 )

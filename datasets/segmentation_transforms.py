@@ -8,9 +8,9 @@ Train (`SegmentationTrainTransform`):
   1. horizontal flip with p = 0.5;
   2. rescale so the long side is L ~ U{int(0.5 B), ..., int(2.0 B)} (B = BASE_SIZE), the short side
      ``int(short * L / long + 0.5)``; bilinear for the image, nearest for the mask (PIL, as the authors);
-  3. pad bottom/right to at least S: image with 0, mask with ``ignore_index``. The authors pad the mask with raw
-     0, which ADE20K's ``label - 1`` turns into its ignore slot but which is *background* for PASCAL VOC; here
-     padding is ignored for every data set (documented deviation for VOC);
+  3. pad bottom/right to at least S: image with 0, mask with ``pad_label``, the training id of a raw 0 label, as
+     the authors pad the raw mask with 0: ADE20K's ``label - 1`` turns it into the ignore slot (the default), but
+     for PASCAL VOC it is class 0, *background* (README, "Deviations from the released code");
   4. a random S x S crop.
 Val (`SegmentationValTransform`): resize so the short side is S (the long side ``int(long * S / short)``), then the
 centre S x S crop (offset ``round((size - S) / 2)``). No sliding window, no flip or multi-scale test.
@@ -43,10 +43,11 @@ def _to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torc
 class SegmentationTrainTransform:
     """Random flip, long-side rescale in [0.5, 2.0] x ``base_size``, pad, random ``crop_size`` crop (see module)."""
 
-    def __init__(self, base_size: int, crop_size: int, ignore_index: int) -> None:
+    def __init__(self, base_size: int, crop_size: int, ignore_index: int, pad_label: int | None = None) -> None:
         self.base_size = base_size
         self.crop_size = crop_size
         self.ignore_index = ignore_index
+        self.pad_label = ignore_index if pad_label is None else pad_label
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, generator: torch.Generator | None = None
@@ -67,7 +68,7 @@ class SegmentationTrainTransform:
         pad_h, pad_w = max(s - oh, 0), max(s - ow, 0)
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=0)
-            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
+            mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=self.pad_label)
 
         h, w = mask.shape
         x1 = rng.randint(0, w - s, generator)

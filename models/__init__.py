@@ -39,7 +39,9 @@ def build_model(task: str, model_type: str, binary_type: str, **kwargs: object) 
     """Build ``model_type`` for ``task`` with the layers of the method ``binary_type``.
 
     Keyword arguments go to the model's builder: ``num_classes`` (segmentation), ``max_depth`` (depth),
-    ``pretrained`` (a local checkpoint path, standard float models only; None or "" for none).
+    ``pretrained`` (`models.pretrained.resolve_pretrained`): None or "" for none, True for the standard ImageNet /
+    DINOv2 weights of the `fp32` models (downloaded once into torch.hub's cache; ignored by the models trained
+    from scratch), or a local checkpoint path.
 
     Raises:
         ValueError: unknown task or model type, or a method the model type is not defined for (each names the

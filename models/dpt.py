@@ -3,31 +3,33 @@ once; a binarization `Method` supplies every layer it changes (PAPER.md 1.4, 1.5
 
 Data flow, for an input of size H x W:
 
-    x  <- resize(x, (H // 28 * 2) * 14, (W // 28 * 2) * 14)          (bilinear, antialiased; grid g = even)
+    x  <- resize(x, (H // 28 * 2) * 14, (W // 28 * 2) * 14)          (bilinear, no antialias; grid g = even)
     f_i = LN(block_{8+i}(...)) reshaped to (B, 384, g_h, g_w), i = 1..4   (the LAST four blocks, PAPER 6.15)
     l_i = resize_i( project_i(f_i) ),  project_i: 1x1 384 -> [48, 96, 192, 384][i]
           resize_1 = up x4, resize_2 = up x2, resize_3 = identity, resize_4 = down /2 (3x3, stride 2)
-    r_i = layer_rn_i(l_i)                                      3x3 conv to 256 features, no norm in standard DPT
+    r_i = layer_rn_i(l_i)                                      3x3 conv to 256 features
     p_4 = fuse_4(r_4),  p_i = fuse_i(p_{i+1}, r_i)             fuse(p, r) = up2( RCU_b( p + RCU_a(r) ) )
     y   = head( up_to(H, W)( output_conv1(p_1) ) )            output_conv1: 3x3 256 -> 128
 
-``up2`` and ``up_to`` are bilinear with ``align_corners=True``.  The residual conv unit (RCU) is
+``up2`` and ``up_to`` are bilinear with ``align_corners=True``.  The input resize has no antialiasing: the released
+code resizes with torchvision's ``resize``, whose tensor default in its environment (torch 2.1.2, torchvision 0.16)
+is ``antialias=False`` (README, "Deviations from the released code").  The residual conv unit (RCU) is
 
 * ``method.bypass`` (BiDense, CFB):  ``conv_b(act(conv_a(act(x))))`` with act = ``method.act(256, "rcu")`` and
   conv units that carry the full-precision bypass, so no explicit ``+ x`` (PAPER.md 1.5);
 * other binary methods: ``y = x + conv_a(act(x))``, ``y + conv_b(act(y))`` (a shortcut around each binary conv
   unit, as the released ViT baselines' ReAct decoder; PAPER.md 4);
-* `fp32_0`: ``x + conv_b(act(conv_a(act(x))))`` with BN conv units (the original DPT RCU);
-* `fp32` (standard DPT): ``x + conv(ReLU(conv(ReLU(x))))`` with biased convs, BN after each only for
-  segmentation, as the released code.
-
-The float forms add ``x`` as the original DPT does (its ``ResidualConvUnit_custom`` with ``ReLU(False)``); the
-released float decoder uses an in-place ReLU on ``x`` and so in effect adds ``ReLU(x)``, a quirk not copied.
+* the float methods (`fp32`, `fp32_0`): ``r + conv_b(ReLU(conv_a(r)))`` with ``r = ReLU(x)``, biased convs and
+  BatchNorm after each conv for segmentation only.  The released float RCU applies an in-place ReLU to its input
+  before adding it, so the shortcut carries ``ReLU(x)``, not ``x``; that is what the released models computed.
 
 With a binary method the projections, resamplings, ``layer_rn``, RCUs and ``output_conv1`` are the method's conv
-units (``up``/``down`` carry the resampling bypass for BiDense, PAPER.md 1.4); `fp32_0` uses the float units
-(conv + BN, so BN after ``output_conv1``); `fp32` uses the plain convolutions of the standard DPT and loads the
-DINOv2 backbone from ``pretrained``.
+units (``up``/``down`` carry the resampling bypass for BiDense, PAPER.md 1.4).  The float methods use the plain
+convolutions of the released float DPT: biased projections, resamplings and ``output_conv1``, bias-free
+``layer_rn``, no BatchNorm outside the RCUs, except that `fp32_0` (the float model trained from scratch) adds one
+BatchNorm after ``output_conv1`` (and its depth head one after its 3x3 conv, `models.heads`): 18 BatchNorm layers
+for segmentation in the released module tree (two of them in the deepest fusion block's never-called skip unit,
+which is not built here, so 16), 2 for depth.  `fp32` loads the DINOv2 backbone (`models.pretrained`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torch import nn
 from binary import Method
 from models.backbones.vit import dinov2_vits14
 from models.heads import build_head
+from models.pretrained import resolve_pretrained
 
 
 def _plain_conv(in_channels: int, out_channels: int, bias: bool, norm: bool) -> nn.Module:
@@ -56,32 +59,30 @@ class ResidualConvUnit(nn.Module):
     Args:
         method: the binarization method.
         features: channel count.
-        norm: standard DPT only: BatchNorm after each conv (segmentation).
+        norm: float methods only: BatchNorm after each conv (segmentation).
     """
 
     def __init__(self, method: Method, features: int, norm: bool = False) -> None:
         super().__init__()
-        if method.standard:
-            self.act1, self.act2 = nn.ReLU(), nn.ReLU()
-            self.conv1 = _plain_conv(features, features, bias=True, norm=norm)
-            self.conv2 = _plain_conv(features, features, bias=True, norm=norm)
-        else:
+        if method.binary:
             self.act1, self.act2 = method.act(features, "rcu"), method.act(features, "rcu")
             self.conv1 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
             self.conv2 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
-        if method.bypass:
-            self.shortcut = "none"
-        elif method.binary:
-            self.shortcut = "each"
+            self.shortcut = "none" if method.bypass else "each"
         else:
-            self.shortcut = "pair"
+            self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+            self.conv1 = _plain_conv(features, features, bias=True, norm=norm)
+            self.conv2 = _plain_conv(features, features, bias=True, norm=norm)
+            self.shortcut = "relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut == "each":
             x = x + self.conv1(self.act1(x))
             return x + self.conv2(self.act2(x))
-        out = self.conv2(self.act2(self.conv1(self.act1(x))))
-        return out if self.shortcut == "none" else x + out
+        if self.shortcut == "relu":
+            x = self.act1(x)
+            return x + self.conv2(self.act2(self.conv1(x)))
+        return self.conv2(self.act2(self.conv1(self.act1(x))))
 
 
 class FusionBlock(nn.Module):
@@ -113,8 +114,9 @@ class DPT(nn.Module):
         classifier_name: qualified name, inside ``head``, of its final full-precision 1x1 conv.
         features: fusion width (256).
         out_channels: projection widths of the four taken blocks ([48, 96, 192, 384]).
-        rcu_norm: standard DPT only: BatchNorm in the residual conv units (True for segmentation).
-        pretrained: local path of the official ``dinov2_vits14_pretrain.pth`` for the backbone, or None.
+        rcu_norm: float methods only: BatchNorm in the residual conv units (True for segmentation).
+        pretrained: DINOv2 weights for the backbone (`models.pretrained.resolve_pretrained`): None for none, True
+            for the official checkpoint (`fp32` only), or a local path.
 
     Attributes:
         classifier_name: ``"head." + classifier_name``, the final 1x1 prediction conv of the whole model.
@@ -128,7 +130,7 @@ class DPT(nn.Module):
         features: int = 256,
         out_channels: Sequence[int] = (48, 96, 192, 384),
         rcu_norm: bool = False,
-        pretrained: str | Path | None = None,
+        pretrained: str | Path | bool | None = None,
     ) -> None:
         super().__init__()
         if len(out_channels) != 4:
@@ -136,23 +138,29 @@ class DPT(nn.Module):
         self.backbone = dinov2_vits14(method, pretrained=pretrained)
         dim = self.backbone.embed_dim
         c1, c2, c3, c4 = out_channels
-        # The released float DPT gives these convs a bias; its binary conv units have none.
-        bias = not method.binary
-        if method.standard:
-            self.projects = nn.ModuleList([nn.Conv2d(dim, c, 1) for c in out_channels])
+        if method.binary:
+            # The released binary conv units of the projections and output_conv1 have no bias.
+            projects = [method.conv(dim, c, 1, role="project") for c in out_channels]
+            resize = [method.up(c1, c1, 4), method.up(c2, c2, 2), nn.Identity(), method.down(c4, c4, 3, 2, 1)]
+            layer_rn = [method.conv(c, features, 3, padding=1, role="rn") for c in out_channels]
+            output_conv1 = method.conv(features, features // 2, 3, padding=1, role="out")
+        else:
+            projects = [nn.Conv2d(dim, c, 1) for c in out_channels]
             resize = [nn.ConvTranspose2d(c1, c1, 4, stride=4), nn.ConvTranspose2d(c2, c2, 2, stride=2),
                       nn.Identity(), nn.Conv2d(c4, c4, 3, stride=2, padding=1)]
-            self.layer_rn = nn.ModuleList([nn.Conv2d(c, features, 3, padding=1, bias=False) for c in out_channels])
-            self.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
-        else:
-            self.projects = nn.ModuleList([method.conv(dim, c, 1, bias=bias, role="project") for c in out_channels])
-            resize = [method.up(c1, c1, 4), method.up(c2, c2, 2), nn.Identity(), method.down(c4, c4, 3, 2, 1)]
-            self.layer_rn = nn.ModuleList([method.conv(c, features, 3, padding=1, role="rn") for c in out_channels])
-            self.output_conv1 = method.conv(features, features // 2, 3, padding=1, bias=bias, role="out")
+            layer_rn = [nn.Conv2d(c, features, 3, padding=1, bias=False) for c in out_channels]
+            output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
+            if not method.standard:
+                output_conv1 = nn.Sequential(output_conv1, nn.BatchNorm2d(features // 2))
+        # Registered in the released order (projections, resamplings, layer_rn, fusions, output_conv1, head), so
+        # the state dict lists the tensors in the released order (`models.convert` relies on it).
+        self.projects = nn.ModuleList(projects)
         self.resize_layers = nn.ModuleList(resize)
+        self.layer_rn = nn.ModuleList(layer_rn)
         self.fusions = nn.ModuleList(
             [FusionBlock(method, features, has_skip=i < 3, norm=rcu_norm) for i in range(4)]
         )
+        self.output_conv1 = output_conv1
         self.head = head
         self.classifier_name = f"head.{classifier_name}"
 
@@ -167,7 +175,7 @@ class DPT(nn.Module):
         h, w = x.shape[-2:]
         size = self.backbone_size(h, w)
         if (h, w) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
         grids = self.backbone.get_intermediate_layers(x, 4, reshape=True)
         layers = [
             rn(resize(project(grid)))
@@ -189,15 +197,16 @@ def build_dpt(
     method: Method,
     num_classes: int | None = None,
     max_depth: float | None = None,
-    pretrained: str | Path | None = None,
+    pretrained: str | Path | bool | None = None,
     features: int = 256,
 ) -> DPT:
     """DPT-ViT-S/14 for ``task`` with ``method``'s layers and the head of `models.heads.build_head`.
 
-    ``pretrained`` (a local ``dinov2_vits14_pretrain.pth``; None or "" for none) is loaded into the backbone; it
-    fits the float methods, and any binary method whose backbone has exactly the official keys.  The standard
-    DPT (`fp32`) puts BatchNorm in its residual conv units for segmentation only, as the released code.
+    ``pretrained`` (`models.pretrained.resolve_pretrained`: None or "" for none, True for the official DINOv2
+    checkpoint of the standard model, or a local ``dinov2_vits14_pretrain.pth``) is loaded into the backbone; a
+    local file fits the float methods, and any binary method whose backbone has exactly the official keys.  The
+    float DPTs put BatchNorm in their residual conv units for segmentation only, as the released code.
     """
     head = build_head(task, method, features // 2, num_classes=num_classes, max_depth=max_depth)
-    return DPT(method, head, "classifier", features=features, rcu_norm=method.standard and task == "segmentation",
-               pretrained=pretrained or None)
+    return DPT(method, head, "classifier", features=features, rcu_norm=not method.binary and task == "segmentation",
+               pretrained=resolve_pretrained(pretrained, method, "dinov2_vits14"))

@@ -7,7 +7,9 @@ Decoder, with ``fpn_out = dims[0] = 96`` and ``features = 256``:
   ``Dropout2d(0.1)(act(conv3x3(.)))`` back to 768 channels;
 * FPN: laterals 1x1 to 96 channels on stages 2-4; for each pair of adjacent levels
   ``P_i = smooth(up(L_{i+1}) + L_i)`` (``+ P_i``'s input again for the residual variant), with ONE smooth conv
-  shared by the three levels as released (``ModuleList([m] * 3)``, so the state dict lists it three times);
+  shared by the three levels as released (``ModuleList([m] * 3)``, so the state dict lists it three times) and
+  applied coarse to fine (1/16, 1/8, 1/4) as released, which fixes the order of its BatchNorm running-statistic
+  updates;
   the levels and the PSP output are upsampled to 1/4 and fused by ``act(conv3x3(cat))`` to 96 channels;
 * ``out_conv`` 3x3 to ``features // 2 = 128`` at 1/4 resolution, bilinear upsampling (align_corners=True) to the
   input size, then the head (`models.heads`) at full resolution.
@@ -24,6 +26,7 @@ Every upsampling is bilinear with align_corners=True.  Variants by method flag:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,7 @@ from torch import nn
 from binary import Method
 from models.backbones.convnext import ConvNeXt, load_convnext_checkpoint
 from models.heads import build_head
+from models.pretrained import resolve_pretrained
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -95,11 +99,13 @@ class FPNFuse(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         lat = [features[0]] + [conv(f) for conv, f in zip(self.laterals, features[1:], strict=True)]
-        merged = [_resize(lat[i], lat[i - 1].shape[-2:]) + lat[i - 1] for i in range(1, len(lat))]
+        # Coarse to fine (1/16, 1/8, 1/4), as released: the smooth conv is shared, so the call order sets its
+        # BatchNorm running statistics.
+        merged = [_resize(lat[i], lat[i - 1].shape[-2:]) + lat[i - 1] for i in reversed(range(1, len(lat)))]
         smoothed = [
             x + smooth(x) if self.smooth_residual else smooth(x) for smooth, x in zip(self.smooth, merged, strict=True)
         ]
-        levels = smoothed + [lat[-1]]
+        levels = smoothed[::-1] + [lat[-1]]
         size = levels[0].shape[-2:]
         return self.fusion(torch.cat([levels[0]] + [_resize(x, size) for x in levels[1:]], dim=1))
 
@@ -142,19 +148,24 @@ def build_upernet(
     method: Method,
     num_classes: int | None = None,
     max_depth: float | None = None,
-    pretrained: str | None = None,
+    pretrained: str | Path | bool | None = None,
     features: int = 256,
     drop_path_rate: float = 0.0,
 ) -> UperNet:
-    """UPerNet-ConvNeXt-T for ``task`` with ``method``'s layers; ``pretrained`` (a local ConvNeXt-T checkpoint,
-    official or timm layout) is loaded into the backbone of the standard model only."""
+    """UPerNet-ConvNeXt-T for ``task`` with ``method``'s layers.
+
+    ``pretrained`` (`models.pretrained.resolve_pretrained`): None or "" for none, True for the standard ImageNet
+    ConvNeXt-T of the standard model (ignored by the models trained from scratch), or a local ConvNeXt-T checkpoint
+    (official or timm layout), which only the standard model loads.
+    """
     head = build_head(task, method, features // 2, num_classes=num_classes, max_depth=max_depth)
     model = UperNet(method, head, features=features, drop_path_rate=drop_path_rate)
-    if pretrained:
-        if not method.standard:
-            raise ValueError(
-                f"pretrained={pretrained!r}: only the standard float model (fp32) loads ImageNet weights; "
-                f"{method.binary_type!r} is trained from scratch"
-            )
-        load_convnext_checkpoint(model.backbone, pretrained)
+    if pretrained not in (None, False, True, "") and not method.standard:
+        raise ValueError(
+            f"pretrained={str(pretrained)!r}: only the standard float model (fp32) loads ImageNet weights; "
+            f"{method.binary_type!r} is trained from scratch"
+        )
+    path = resolve_pretrained(pretrained, method, "convnext_tiny")
+    if path is not None:
+        load_convnext_checkpoint(model.backbone, path)
     return model

@@ -117,8 +117,10 @@ class VisionTransformer(nn.Module):
         init_values: LayerScale initialisation.
         interpolate_offset: DINOv2's 0.1 added to the target grid before computing the bicubic scale factor.
 
-    Initialisation follows DINOv2: position embedding trunc-normal(0.02), cls token normal(1e-6), mask token 0,
-    float ``nn.Linear`` layers trunc-normal(0.02) with zero bias; binary layers keep their own initialisation.
+    Initialisation, as released: the float methods follow DINOv2 (position embedding trunc-normal(0.02), cls
+    token normal(1e-6), mask token 0, ``nn.Linear`` layers trunc-normal(0.02) with zero bias); the released binary
+    backbones never call that initialisation, so with a binary method the position embedding, cls token and mask
+    token start at zero and every layer keeps its own initialisation.
     """
 
     def __init__(
@@ -147,7 +149,8 @@ class VisionTransformer(nn.Module):
             [Block(method, embed_dim, num_heads, mlp_ratio, init_values) for _ in range(depth)]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self._init_weights()
+        if not method.binary:
+            self._init_weights()
 
     @torch.no_grad()
     def _init_weights(self) -> None:

@@ -122,3 +122,21 @@ def test_voc_train_split_comes_from_the_config(cfg_factory, voc_tree, split, n_t
     assert (len(dm.train_set), len(dm.val_set)) == (n_train, 1)
     _, mask = next(iter(dm.val_dataloader()))
     assert mask.shape == (1, 8, 8) and int(mask.max()) <= 21
+
+
+@pytest.mark.filterwarnings("ignore:PASCAL VOC")
+@pytest.mark.parametrize("dataset, pad_label", [("pascal_voc", 0), ("demo", None)])
+def test_training_crops_pad_the_label_as_the_authors(cfg_factory, voc_tree, dataset, pad_label):
+    # Released: the raw mask is padded with 0 -> background for VOC, the ignore slot after ADE20K's label - 1.
+    overrides = {"DATASET__DATASET": dataset, "DATASET__CROP_SIZE": 8, "DATASET__BASE_SIZE": 16,
+                 "TRAINING__BATCH_SIZE_ON_1_GPU": 1}
+    if dataset == "pascal_voc":
+        overrides |= {"DATASET__DATA_PATH": voc_tree.root, "MODEL__NUM_CLASSES": 22}
+    else:
+        from datasets import demo_num_classes
+
+        overrides["MODEL__NUM_CLASSES"] = demo_num_classes()
+    cfg = cfg_factory("segmentation", **overrides)
+    dm = build_datamodule(cfg, "segmentation")
+    transform = dm.make_train().transform
+    assert transform.pad_label == (cfg.MODEL.NUM_CLASSES - 1 if pad_label is None else pad_label)

@@ -95,3 +95,15 @@ def test_val_short_side_resize_and_centre_crop():
     # Width 20 -> 10, height 40 -> 20 (scale 1/2); nearest output row i samples source row 2i + 1; crop rows 5..14.
     expected_rows = np.array([(2 * i + 1) // 4 for i in range(5, 15)])
     np.testing.assert_array_equal(out_mask.numpy(), np.repeat(expected_rows[:, None], 10, axis=1))
+
+
+def test_padding_with_a_pad_label_as_the_authors_raw_zero():
+    # PASCAL VOC: the authors pad the raw mask with 0, which is class 0 (background), not the ignore slot.
+    image = np.full((20, 30, 3), 120, np.uint8)
+    mask = np.full((20, 30), 3, np.uint8)
+    tf = SegmentationTrainTransform(base_size=16, crop_size=64, ignore_index=5, pad_label=0)
+    out_image, out_mask = tf(image, mask, torch.Generator().manual_seed(3))
+    padded_pixels = np.all(np.abs(_unnormalize(out_image)) < 1e-3, axis=-1)
+    assert padded_pixels.any()
+    np.testing.assert_array_equal(padded_pixels, out_mask.numpy() == 0)
+    assert set(out_mask.unique().tolist()) == {0, 3}

@@ -93,7 +93,7 @@ def _zero_(module: nn.Module) -> None:
 @pytest.mark.parametrize("binary_type", ["fp32", "fp32_0", *[m for m in BINARY_TYPES if get_method(m).binary]])
 def test_residual_conv_unit_form(binary_type: str) -> None:
     """Zeroed conv units expose the residual structure: bypass methods have none outside their units, the other
-    binary methods one around each unit, the float ones one around the pair, as released."""
+    binary methods one around each unit, the float ones one around the pair, carrying ReLU(x) as released."""
     method = get_method(binary_type)
     torch.manual_seed(0)
     unit = ResidualConvUnit(method, 8).eval()
@@ -112,7 +112,7 @@ def test_residual_conv_unit_form(binary_type: str) -> None:
         assert torch.allclose(only_first, x + first, atol=1e-6) and not torch.allclose(only_first, x)
         assert torch.allclose(both, x)
     else:
-        assert torch.allclose(only_first, x) and torch.allclose(both, x)
+        assert torch.allclose(only_first, x.relu()) and torch.allclose(both, x.relu())
 
 
 def test_fp32_is_the_standard_dpt() -> None:

@@ -174,3 +174,31 @@ def test_unsupported_method_fails_clearly() -> None:
 def test_pretrained_only_for_the_standard_model(tmp_path) -> None:
     with pytest.raises(ValueError, match="only the standard float model"):
         models.build_model("segmentation", "upernet", "fp32_0", num_classes=3, pretrained=str(tmp_path / "x.pth"))
+
+
+@pytest.mark.parametrize("binary_type", ["fp32_0", "bnn"])
+def test_shared_smooth_conv_runs_coarse_to_fine_as_released(binary_type: str) -> None:
+    """The released FPN smooths 1/16, then 1/8, then 1/4 with ONE shared unit: after a training step its BatchNorm
+    running mean is the exponential average of the three levels' batch means in that order."""
+    torch.manual_seed(0)
+    model = models.build_model("segmentation", "upernet", binary_type, num_classes=3).train()
+    norm = next(m for m in model.fpn.smooth[0].modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1.0, 1.0)
+    start = norm.running_mean.clone()
+    batch_means: dict[int, torch.Tensor] = {}  # spatial height -> per-channel mean of the BN input
+    hook = norm.register_forward_pre_hook(
+        lambda m, inputs: batch_means.__setitem__(inputs[0].shape[-2], inputs[0].mean(dim=(0, 2, 3)).detach())
+    )
+    model(torch.randn(2, 3, 64, 64))
+    hook.remove()
+    assert sorted(batch_means) == [4, 8, 16]  # 1/16, 1/8, 1/4 of 64
+
+    def ema(order: list[int]) -> torch.Tensor:
+        mean = start.clone()
+        for height in order:
+            mean = (1 - norm.momentum) * mean + norm.momentum * batch_means[height]
+        return mean
+
+    torch.testing.assert_close(norm.running_mean, ema([4, 8, 16]))
+    assert not torch.allclose(norm.running_mean, ema([16, 8, 4]))

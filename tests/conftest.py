@@ -1,0 +1,18 @@
+"""Suite-wide: no test touches the network.  torch.hub's download is replaced by one that fails, and its cache
+folder is a per-test temporary one, so the standard pretrained weights (`models.pretrained`) are never fetched
+nor read from the user's cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    def refuse(url: str, *args: object, **kwargs: object) -> None:
+        raise OSError(f"network disabled in tests: {url}")
+
+    hub = tmp_path_factory.mktemp("torch_hub")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
