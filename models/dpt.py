@@ -66,11 +66,11 @@ class ResidualConvUnit(nn.Module):
     def __init__(self, method: Method, features: int, norm: bool = False) -> None:
         super().__init__()
         if method.binary:
-            if not method.bypass:
-                self.shift1, self.shift2 = method.rcu_shift(features), method.rcu_shift(features)
             self.act1, self.act2 = method.act(features, "rcu"), method.act(features, "rcu")
             self.conv1 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
             self.conv2 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
+            if not method.bypass:  # after the convs, as released (the state dict keeps the released order)
+                self.shift1, self.shift2 = method.rcu_shift(features), method.rcu_shift(features)
             self.shortcut = "none" if method.bypass else "each"
         else:
             self.act1, self.act2 = nn.ReLU(), nn.ReLU()
