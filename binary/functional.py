@@ -77,7 +77,14 @@ class ErrorDecaySTE:
 
 
 SignEstimator = ClippedSTE | ApproxSignSTE | ErrorDecaySTE
+# The two boundary conventions of the authors' clipped STEs, written as explicit masks so that they do not depend
+# on the installed torch (README, "Where this implementation differs ...": STE boundary):
+# CLIPPED: gradient where |x| <= 1, what their ``sign(x).detach() - clamp(x, -1, 1).detach() + clamp(x, -1, 1)``
+#   trick computed under torch 2.1.2 (its clamp backward passes the gradient at the bounds);
+# CLIPPED_OPEN: gradient where |x| < 1, their explicit-mask quantizers (``grad[x >= 1] = 0; grad[x <= -1] = 0``),
+#   the BiViT layers and BiBERT's attention.
 CLIPPED = ClippedSTE(closed=True)
+CLIPPED_OPEN = ClippedSTE(closed=False)
 APPROX_SIGN = ApproxSignSTE()
 
 

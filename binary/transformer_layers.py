@@ -1,6 +1,10 @@
 """Binary transformer layers that several methods share: BiViT's linear layer and softmax-aware binary attention
 (He et al., ICCV 2023, arXiv 2211.07091) as the authors' baseline code builds them.  The `bivit` baseline uses
 them in its ViT, and the released `bidense` DPT uses the same BiViT-binarised ViT-S/14 backbone.
+
+Every sign here has the authors' open clipped STE ``d sign(x)/dx ~ 1[|x| < 1]`` (`binary.functional.CLIPPED_OPEN`):
+the boundary matters, since the input of ``proj`` is A_b V_b with binary A_b and V_b, so a large share of its
+entries is exactly +-1 and gets no gradient.
 """
 
 from __future__ import annotations
@@ -10,17 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
-from binary.functional import sign_ste
+from binary.functional import CLIPPED_OPEN, sign_ste
 
 
 class BiViTLinear(BinaryLayer, nn.Linear):
-    """y = sign(x) @ (s * sign(W - mean_row W))^T + bias, sign with the clipped STE 1[|.| <= 1].
+    """y = sign(x) @ (s * sign(W - mean_row W))^T + bias, sign with the open clipped STE 1[|.| < 1].
 
     ``learnable_scale=True`` (qkv, proj; the authors' `BinaryLinear_adapscaling`): s is a parameter of shape
     (out_features, 1), set to the row mean|W| of the weight at the first forward (so that it follows any weight
     re-initialisation; a loaded non-zero scale is kept), and W is initialised U(-0.015, 0.015).
     ``learnable_scale=False`` (fc1, fc2; `BinaryLinear_STE`): s = row mean|W|, detached, recomputed every forward.
-    The centring W - mean_row W is differentiated through, so dW = g - mean_row(g) with g = dW_b * s * 1[|W_c| <= 1].
+    The centring W - mean_row W is differentiated through, so dW = g - mean_row(g) with g = dW_b * s * 1[|W_c| < 1].
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, learnable_scale: bool = True) -> None:
@@ -45,10 +49,10 @@ class BiViTLinear(BinaryLayer, nn.Linear):
             scale = self.scale
         else:
             scale = self.weight.detach().abs().mean(dim=1, keepdim=True)
-        return scale * sign_ste(self.weight - self.weight.mean(dim=1, keepdim=True))
+        return scale * sign_ste(self.weight - self.weight.mean(dim=1, keepdim=True), CLIPPED_OPEN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(sign_ste(x), self.binary_weight(), self.bias)
+        return F.linear(sign_ste(x, CLIPPED_OPEN), self.binary_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_scale={self.learnable_scale}"
@@ -57,7 +61,7 @@ class BiViTLinear(BinaryLayer, nn.Linear):
 class BiViTAttention(nn.Module):
     """Softmax-aware binary attention on (B, heads, N, head_dim) tensors.
 
-    Q_b, K_b, V_b = sign(Q), sign(K), sign(V) (clipped STE);  A = softmax(Q_b K_b^T / sqrt(head_dim));
+    Q_b, K_b, V_b = sign(Q), sign(K), sign(V) (open clipped STE 1[|.| < 1]);  A = softmax(Q_b K_b^T / sqrt(head_dim));
     A_b = 1[A >= 0.25 * max_j A_ij] in the forward pass, with the gradient of A (straight-through on the softmax);
     output A_b V_b.
     """
@@ -69,7 +73,7 @@ class BiViTAttention(nn.Module):
         self.scale = head_dim**-0.5
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        attn = ((sign_ste(q) @ sign_ste(k).transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        attn = ((sign_ste(q, CLIPPED_OPEN) @ sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)) * self.scale).softmax(dim=-1)
         keep = attn >= self.threshold * attn.amax(dim=-1, keepdim=True)
         attn = attn + (keep.to(attn.dtype) - attn).detach()
-        return attn @ sign_ste(v)
+        return attn @ sign_ste(v, CLIPPED_OPEN)

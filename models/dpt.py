@@ -17,8 +17,9 @@ is ``antialias=False`` (README, "Deviations from the released code").  The resid
 
 * ``method.bypass`` (BiDense, CFB):  ``conv_b(act(conv_a(act(x))))`` with act = ``method.act(256, "rcu")`` and
   conv units that carry the full-precision bypass, so no explicit ``+ x`` (PAPER.md 1.5);
-* other binary methods: ``y = x + conv_a(act(x))``, ``y + conv_b(act(y))`` (a shortcut around each binary conv
-  unit, as the released ViT baselines' ReAct decoder; PAPER.md 4);
+* other binary methods (the ViT baselines' ReActNet decoder, as released): ``y = shift_a(x)``,
+  ``y = y + conv_a(act(y))``, ``y = shift_b(y)``, ``y + conv_b(act(y))`` (a shortcut around each binary conv unit
+  that carries the shifted input; ``shift = method.rcu_shift``, a LearnableBias, ``act`` ReLU);
 * the float methods (`fp32`, `fp32_0`): ``r + conv_b(ReLU(conv_a(r)))`` with ``r = ReLU(x)``, biased convs and
   BatchNorm after each conv for segmentation only.  The released float RCU applies an in-place ReLU to its input
   before adding it, so the shortcut carries ``ReLU(x)``, not ``x``; that is what the released models computed.
@@ -68,6 +69,8 @@ class ResidualConvUnit(nn.Module):
             self.act1, self.act2 = method.act(features, "rcu"), method.act(features, "rcu")
             self.conv1 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
             self.conv2 = method.conv(features, features, 3, padding=1, bias=True, role="rcu")
+            if not method.bypass:  # after the convs, as released (the state dict keeps the released order)
+                self.shift1, self.shift2 = method.rcu_shift(features), method.rcu_shift(features)
             self.shortcut = "none" if method.bypass else "each"
         else:
             self.act1, self.act2 = nn.ReLU(), nn.ReLU()
@@ -77,7 +80,9 @@ class ResidualConvUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shortcut == "each":
+            x = self.shift1(x)
             x = x + self.conv1(self.act1(x))
+            x = self.shift2(x)
             return x + self.conv2(self.act2(x))
         if self.shortcut == "relu":
             x = self.act1(x)

@@ -7,8 +7,9 @@ Both run at full resolution on the decoder's 128-channel output:
 * depth: ``max_depth * sigmoid(classifier(act(conv3x3(x))))``, ``conv3x3`` 128->32, ``classifier`` a
   full-precision 1x1 conv 32->1, so the depth lies in (0, max_depth).
 
-With ``method.standard`` the depth head's 3x3 conv is the authors' plain biased conv without a norm; otherwise it
-is a method unit, biased except in the bypass variant (as released).
+With ``method.float_head`` (`fp32`, the ViT baselines, the `cfb` ablation) the depth head's 3x3 conv is the
+authors' plain biased conv without a norm; otherwise it is a method unit, biased except in the bypass variant (as
+released).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class DepthHead(nn.Module):
 
     def __init__(self, method: Method, in_channels: int, max_depth: float, hidden_channels: int = 32) -> None:
         super().__init__()
-        if method.standard:
+        if method.float_head:
             self.conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
         else:
             self.conv = method.conv(in_channels, hidden_channels, 3, padding=1, bias=not method.bypass, role="head")

@@ -61,10 +61,11 @@ def standard_weights(name: str) -> Path:
 
 def resolve_pretrained(pretrained: str | Path | bool | None, method: Method, name: str) -> Path | None:
     """The checkpoint a model of ``method`` loads: None (random init) for None, False or ""; for True the standard
-    weights ``name`` (`standard_weights`) when ``method.standard``, else None (trained from scratch); a path as given.
+    weights ``name`` (`standard_weights`) when ``method.standard`` or ``method.pretrained_backbone`` (`bibert`, as
+    the authors' BiBERT model), else None (trained from scratch); a path as given.
     """
     if pretrained is None or pretrained is False or pretrained == "":
         return None
     if pretrained is True:
-        return standard_weights(name) if method.standard else None
+        return standard_weights(name) if method.standard or method.pretrained_backbone else None
     return Path(pretrained)

@@ -5,12 +5,15 @@ Activations, with learnable scalars alpha_a (init 1) and beta_a (init 0) per lay
 
     x' = (x - beta_a) / alpha_a,   out = alpha_a * (ApproxSign(x') + beta_a)
 
-so the binary set is {alpha_a (beta_a - 1), alpha_a (beta_a + 1)}.  Weights, per output channel, with n the
-number of weights of one filter::
+so the binary set is {alpha_a (beta_a - 1), alpha_a (beta_a + 1)}.  Weights, per output channel, with
+n = C_in * k * k (the conv's input channels times its kernel area, as the authors' ``filter_size``)::
 
     beta_w = mean(W),  alpha_w = sqrt(sum (W - beta_w)^2 / n),  W_b = alpha_w * sign((W - beta_w) / alpha_w) + beta_w
 
-differentiated through beta_w and alpha_w, with IR-Net's error-decay estimator for the sign:
+differentiated through beta_w and alpha_w.  For a grouped conv n exceeds the filter's C_in / groups * k * k
+weights: the depthwise 7x7 convs of the ConvNeXt blocks get an alpha_w sqrt(C_in) times smaller than the filter's
+standard deviation, as the authors' code computed (README, "Where this implementation differs ...": AdaBin).  The
+sign has IR-Net's error-decay estimator for the sign:
 d sign(u)/du ~ k t (1 - tanh^2(t u)) with FIXED k = 10, t = 0.1, as the authors' code (the official AdaBin / IR-Net
 schedule of k and t over training is not reproduced; the authors' `.cuda()` in backward is not copied).
 Nonlinearity Maxout s+ ReLU(x) - s- ReLU(-x) per channel (s+ init 1, s- init 0.25); ReLU in the head.  Weights keep
@@ -19,26 +22,30 @@ PyTorch's default initialisation, and the convs have no bias, as the authors' `A
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from binary.functional import ErrorDecaySTE, approx_sign, sign_ste
+from binary.layers import WeightBinarizer
 from binary.methods.base import BinaryConvMethod
 from binary.methods.registry import register
 
 EDE = ErrorDecaySTE(k=10.0, t=0.1)  # IR-Net's error-decay estimator with the authors' fixed constants
 
 
-def adabin_weight(w: torch.Tensor) -> torch.Tensor:
-    """AdaBin weights W_b = alpha_w sign((W - beta_w) / alpha_w) + beta_w, statistics per output channel (dim 0).
+def adabin_weight(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """AdaBin weights W_b = alpha_w sign((W - beta_w) / alpha_w) + beta_w, statistics per output channel (dim 0) of a
+    conv weight [C_out, C_in / groups, k, k].
 
-    beta_w = mean(W) and alpha_w = the population standard deviation of the filter (n = its C_in/groups * k * k
-    weights); both are differentiated through (not detached), as the official code.  The authors' code divides by
-    C_in * k * k also for the depthwise convs, which shrinks their alpha_w by sqrt(C_in); we use the filter's size.
+    beta_w = mean(W[o]) and alpha_w = sqrt(sum (W[o] - beta_w)^2 / n) with n = groups * (C_in / groups) * k * k =
+    C_in * k * k, the authors' ``filter_size``; both are differentiated through (not detached), as the official
+    code.  With ``groups`` > 1 (depthwise convs) n is ``groups`` times the filter's size, as the authors' code.
     """
     dims = tuple(range(1, w.dim()))
     beta = w.mean(dim=dims, keepdim=True)
-    alpha = (w - beta).square().mean(dim=dims, keepdim=True).sqrt()
+    alpha = ((w - beta).square().sum(dim=dims, keepdim=True) / (groups * w[0].numel())).sqrt()
     return alpha * sign_ste((w - beta) / alpha, EDE) + beta
 
 
@@ -73,6 +80,9 @@ class AdaBin(BinaryConvMethod):
 
     weight_std = None
     weight_binarizer = staticmethod(adabin_weight)
+
+    def conv_weight_binarizer(self, groups: int) -> WeightBinarizer:
+        return partial(adabin_weight, groups=groups) if groups > 1 else adabin_weight
 
     def input_binarizer(self, channels: int) -> nn.Module:
         return AdaBinActivation()

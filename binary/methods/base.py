@@ -48,12 +48,18 @@ class Method:
             the models then add no explicit residual connections and no norm outside the units.
         standard: True only for `fp32` (the starred rows of Tables 1 and 3): the models use the official
             ConvNeXt-T / DINOv2 / UperNet / DPT definitions, loadable from pretrained checkpoints.
+        pretrained_backbone: True where the authors' model of a non-standard method started its backbone from the
+            standard pretrained weights too (`bibert`: DINOv2); the models then load them by default.
+        float_head: True where the head's 3x3 conv is the released float head's: the depth head's is a plain
+            biased conv without BatchNorm (the segmentation head's is conv + BatchNorm for every method).
     """
 
     binary_type: str = "fp32_0"
     binary: bool = False
     bypass: bool = False
     standard: bool = False
+    pretrained_backbone: bool = False
+    float_head: bool = False
 
     def conv(
         self,
@@ -94,6 +100,11 @@ class Method:
         """The nonlinearity after a conv unit at ``role``: "block" (ConvNeXt MLP), "psp", "fusion",
         "rcu" (DPT residual conv unit), "head". The float mirror: GELU in the blocks, ReLU elsewhere."""
         return nn.GELU() if role == "block" else nn.ReLU()
+
+    def rcu_shift(self, channels: int) -> nn.Module:
+        """The shift applied to the input of each conv of a DPT residual conv unit before its shortcut branches off
+        (``y = shift(x); y + conv(act(y))``); none (identity) but for the ViT baselines' ReActNet decoder."""
+        return nn.Identity()
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:
         """A linear layer on token tensors (B, N, C); ``role`` is "qkv", "proj", "fc1" or "fc2"."""
@@ -142,23 +153,41 @@ class BinaryConvMethod(Method):
         """Whether the conv at ``role`` keeps a bias, given the float architecture's ``bias``."""
         raise NotImplementedError
 
+    def conv_weight_binarizer(self, groups: int) -> WeightBinarizer:
+        """The weight binarizer of a conv with ``groups`` groups (``weight_binarizer`` unless a method needs the
+        conv's full input width)."""
+        return self.weight_binarizer
+
     def _init(self, conv: nn.Module) -> nn.Module:
         if self.weight_std is not None:
             nn.init.normal_(conv.weight, std=self.weight_std)
         return conv
 
-    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
-        conv = BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                            self.has_bias(bias, role), input_binarizer=self.input_binarizer(in_channels),
-                            weight_binarizer=self.weight_binarizer)
-        return nn.Sequential(self._init(conv), nn.BatchNorm2d(out_channels))
+    def binary_conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                    dilation: int = 1, groups: int = 1, bias: bool = False) -> BinaryConv2d:
+        """The method's binary convolution alone (no BatchNorm), with its weight initialisation; ``bias`` as given."""
+        conv = BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                            input_binarizer=self.input_binarizer(in_channels),
+                            weight_binarizer=self.conv_weight_binarizer(groups))
+        return self._init(conv)
 
-    def up(self, in_channels: int, out_channels: int, scale: int, role: str = "up") -> nn.Module:
-        conv = BinaryConvTranspose2d(in_channels, out_channels, scale, stride=scale, bias=self.has_bias(True, role),
+    def binary_conv_transpose(self, in_channels: int, out_channels: int, scale: int,
+                              bias: bool) -> BinaryConvTranspose2d:
+        """The method's binary transposed convolution (kernel = stride = ``scale``) alone, with its initialisation."""
+        conv = BinaryConvTranspose2d(in_channels, out_channels, scale, stride=scale, bias=bias,
                                      input_binarizer=self.input_binarizer(in_channels),
                                      weight_binarizer=self.weight_binarizer)
-        return nn.Sequential(self._init(conv), nn.BatchNorm2d(out_channels))
+        return self._init(conv)
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
+        conv = self.binary_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                self.has_bias(bias, role))
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+
+    def up(self, in_channels: int, out_channels: int, scale: int, role: str = "up") -> nn.Module:
+        conv = self.binary_conv_transpose(in_channels, out_channels, scale, self.has_bias(True, role))
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
 class ReActConvMethod(BinaryConvMethod):
@@ -178,22 +207,49 @@ class ReActConvMethod(BinaryConvMethod):
         return react_act(channels, role)
 
 
+def released_float_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                        dilation: int = 1, groups: int = 1, role: str = "out") -> nn.Module:
+    """The full-precision convs that the authors' ablation and ViT-baseline models keep: ``output_conv1`` / UPerNet's
+    ``out_conv`` (role "out") a plain biased conv without BatchNorm, the segmentation head's 3x3 conv (role "head")
+    a bias-free conv + BatchNorm, as the released float heads."""
+    if role == "out":
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=True)
+    if role == "head":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+    raise ValueError(f"no released full-precision conv for role {role!r}; available: head, out")
+
+
 class ReActDPTDecoder(ReActConvMethod):
     """The DPT decoder of the ViT baselines (`bibert`, `bit`, `bivit`) as the authors built it.
 
-    ReActNet convs and transposed convs, with BN and explicit residuals (added by the model); ``output_conv1``
-    (role "out") and the head's first 3x3 conv (role "head") stay full precision (float conv + BN); the residual
-    conv units use LearnableBias -> ReLU before each conv.
+    ReActNet convs (`ReActConvMethod`) with no BatchNorm in the projections, resamplings and ``layer_rn``: bare
+    bias-free binary convs, the x4 / x2 resamplings biased binary transposed convs.  The residual conv unit is
+    ``y = shift_1(x); y = y + BN(conv_1(ReLU(y))); y = shift_2(y); y + BN(conv_2(ReLU(y)))`` with LearnableBias
+    shifts (`rcu_shift`) and biased convs: the shortcut carries the shifted input.  ``output_conv1`` and the head's
+    3x3 conv stay full precision (`released_float_conv`; depth head biased without BatchNorm).
     """
+
+    float_head = True
 
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
              dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
         if role in ("out", "head"):
-            return Method.conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                               role)
+            return released_float_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                       role)
+        if role in ("project", "rn", "down"):
+            return self.binary_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         return super().conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, role)
+
+    def up(self, in_channels: int, out_channels: int, scale: int, role: str = "up") -> nn.Module:
+        return self.binary_conv_transpose(in_channels, out_channels, scale, bias=True)
+
+    def rcu_shift(self, channels: int) -> nn.Module:
+        return LearnableBias(channels)
 
     def act(self, channels: int, role: str = "block") -> nn.Module:
         if role == "rcu":
-            return nn.Sequential(LearnableBias(channels), nn.ReLU())
+            return nn.ReLU()
         return super().act(channels, role)

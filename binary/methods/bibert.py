@@ -1,12 +1,14 @@
-"""BiBERT (Qin et al., ICLR 2022, arXiv 2203.06390) on the ViT, as the authors' baseline code builds it
-with one fix (README, "Where this implementation differs from the released code, and why": baselines).
+"""BiBERT (Qin et al., ICLR 2022, arXiv 2203.06390) on the ViT, as the authors' baseline code builds it.
 
-Linear layers (`BiBERTLinear`): input sign(x) with the clipped STE; weight sign(W - mean_row W) * mean_row|W|
-(scale detached, clipped STE on the centred weight, which is differentiated through).  Bi-Attention
+Linear layers (`BiBERTLinear`): input sign(x) with the clipped STE 1[|x| <= 1]; weight sign(W - mean_row W) *
+mean_row|W| (scale detached, clipped STE 1[|W_c| <= 1] on the centred weight, which is differentiated through).
+The closed boundary is what the authors' ``clamp`` trick computed under torch 2.1.2.  Bi-Attention
 (`BiBERTAttention`): Q, K, V binarized by sign, scores A = Q_b K_b^T / sqrt(D) binarized by bool(.) to {0, 1}
-with no softmax, output bool(A) V_b.  GELU stays; no Direction-Matching Distillation (nor in the authors' code).
-The DPT decoder is the authors' ReActNet-style one (`ReActDPTDecoder`).  Like every binary model here it is
-trained from scratch: the authors' BiBERT model alone loaded the DINOv2 weights, which we do not copy.
+with no softmax, output bool(A) V_b; these three signs and bool(.) have the authors' explicit-mask STE
+1[|x| < 1] (open: the scores are multiples of 1 / sqrt(D) and often equal +-1).  GELU stays; no
+Direction-Matching Distillation (nor in the authors' code).  The DPT decoder is the authors' ReActNet-style one
+(`ReActDPTDecoder`).  As the authors' BiBERT model, the backbone starts from the DINOv2 ViT-S/14 weights
+(``pretrained_backbone``; README, "Pretrained weights").
 """
 
 from __future__ import annotations
@@ -16,13 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
-from binary.functional import ClippedSTE, sign_ste
+from binary.functional import CLIPPED_OPEN, sign_ste
 from binary.methods.base import ReActDPTDecoder
 from binary.methods.registry import register
-
-# bool(.) of the attention scores: clipped STE with the boundary |x| == 1 excluded, as the authors' quantizer
-# (the scores Q_b K_b^T / sqrt(D) often equal +-1 exactly, and get no gradient there).
-BOOL_STE = ClippedSTE(closed=False)
 
 
 def bibert_weight(w: torch.Tensor) -> torch.Tensor:
@@ -43,8 +41,8 @@ class BiBERTLinear(BinaryLayer, nn.Linear):
 class BiBERTAttention(nn.Module):
     """Bi-Attention on (B, heads, N, head_dim): bool(sign(Q) sign(K)^T / sqrt(head_dim)) @ sign(V), no softmax.
 
-    The signs carry the clipped STE 1[|.| <= 1]; bool(x) = 1[x > 0] (sign with -1 -> 0; 0 stays 0) the clipped
-    STE 1[|.| < 1] (`BOOL_STE`).
+    The signs and bool(x) = 1[x > 0] (sign with -1 -> 0; 0 stays 0) carry the open clipped STE 1[|.| < 1]
+    (`binary.functional.CLIPPED_OPEN`), as the authors' quantizers.
     """
 
     def __init__(self, head_dim: int, num_heads: int) -> None:
@@ -52,13 +50,16 @@ class BiBERTAttention(nn.Module):
         self.scale = head_dim**-0.5
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        attn = sign_ste((sign_ste(q) @ sign_ste(k).transpose(-2, -1)) * self.scale, BOOL_STE, unsigned=True)
-        return attn @ sign_ste(v)
+        scores = (sign_ste(q, CLIPPED_OPEN) @ sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)) * self.scale
+        return sign_ste(scores, CLIPPED_OPEN, unsigned=True) @ sign_ste(v, CLIPPED_OPEN)
 
 
 @register("bibert")
 class BiBERT(ReActDPTDecoder):
-    """BiBERT baseline: `BiBERTLinear` everywhere in the ViT, `BiBERTAttention`, GELU; ReActNet decoder."""
+    """BiBERT baseline: `BiBERTLinear` everywhere in the ViT, `BiBERTAttention`, GELU; ReActNet decoder; DINOv2
+    initialisation of the backbone."""
+
+    pretrained_backbone = True
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, role: str = "linear") -> nn.Module:
         return BiBERTLinear(in_features, out_features, bias=bias)

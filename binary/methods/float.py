@@ -18,3 +18,4 @@ class Float(Method):
     """Official float architectures, loadable from ImageNet / DINOv2 checkpoints (Table 1, row "ConvNeXt*")."""
 
     standard = True
+    float_head = True

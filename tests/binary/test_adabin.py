@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import binary
@@ -19,24 +20,26 @@ def test_ede_sign_uses_fixed_k10_t01():
     assert torch.allclose(u.grad, _ede(POINTS))
 
 
-def test_adabin_weight_values_and_gradient_through_mean_and_std():
+@pytest.mark.parametrize("groups", [1, 3])
+def test_adabin_weight_values_and_gradient_through_mean_and_std(groups):
+    """alpha_w divides by the authors' filter_size C_in * k * k = groups * (C_in / groups) * k * k."""
     torch.manual_seed(0)
     w = torch.randn(3, 2, 2, 2).requires_grad_(True)
-    wb = adabin_weight(w)
+    wb = adabin_weight(w, groups)
     g = torch.randn_like(wb)
     wb.backward(g)
     for o in range(3):
         wo, go = w[o].detach().flatten(), g[o].flatten()
-        n = wo.numel()
+        m, n = wo.numel(), groups * wo.numel()
         beta = wo.mean()
         alpha = ((wo - beta) ** 2).sum().div(n).sqrt()
         u = (wo - beta) / alpha
         assert torch.allclose(wb[o].detach().flatten(), alpha * torch.sign(u) + beta, atol=1e-6)
-        # d/dw_j of alpha * s(u) + beta with s' the EDE, dbeta/dw_j = 1/n, dalpha/dw_j = (w_j - beta) / (n alpha)
+        # d/dw_j of alpha * s(u) + beta with s' the EDE, dbeta/dw_j = 1/m, dalpha/dw_j = (w_j - beta) / (n alpha)
         ds = _ede(u)
         dalpha = (wo - beta) / (n * alpha)
-        expected = (go * ds - (go * ds).sum() / n - (go * ds * u).sum() * dalpha
-                    + (go * torch.sign(u)).sum() * dalpha + go.sum() / n)
+        expected = (go * ds - (go * ds).sum() / m - (go * ds * u).sum() * dalpha
+                    + (go * torch.sign(u)).sum() * dalpha + go.sum() / m)
         assert torch.allclose(w.grad[o].flatten(), expected, atol=1e-5)
 
 
@@ -67,6 +70,20 @@ def test_maxout_values_and_gradients():
     assert torch.equal(y, torch.tensor([-0.5, 3.0]).view(1, 1, 1, 2).expand(1, 2, 1, 2))
     assert torch.equal(m.pos_scale.grad, torch.full((2,), 3.0))
     assert torch.equal(m.neg_scale.grad, torch.full((2,), -2.0))
+
+
+def test_adabin_depthwise_conv_uses_the_authors_filter_size():
+    """The ConvNeXt depthwise 7x7 (groups = C): alpha_w = sqrt(sum (W - beta_w)^2 / (49 C)), as the authors'
+    ``filter_size = k * k * in_channels``."""
+    torch.manual_seed(0)
+    c = 4
+    unit = binary.get_method("adabin").conv(c, c, 7, padding=3, groups=c, role="dw")
+    conv = unit[0]
+    w = conv.weight.detach()
+    beta = w.mean((1, 2, 3), keepdim=True)
+    alpha = ((w - beta) ** 2).sum((1, 2, 3), keepdim=True).div(49 * c).sqrt()
+    assert torch.allclose(conv.binarize_weight(conv.weight).detach(), alpha * torch.sign(w - beta) + beta)
+    assert unit(torch.randn(2, c, 9, 9)).shape == (2, c, 9, 9)
 
 
 def test_adabin_method_units():

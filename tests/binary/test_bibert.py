@@ -3,8 +3,8 @@ from torch import nn
 
 import binary
 from binary.counting import BinaryLayer
-from binary.functional import sign_ste
-from binary.methods.bibert import BOOL_STE, BiBERTAttention, BiBERTLinear, bibert_weight
+from binary.functional import CLIPPED_OPEN, sign_ste
+from binary.methods.bibert import BiBERTAttention, BiBERTLinear, bibert_weight
 
 
 def test_bibert_weight_unscaled_clipped_gradient_through_centring():
@@ -35,7 +35,7 @@ def test_bibert_linear_is_float_linear_on_signs():
 
 def test_bibert_bool_values_and_strict_clip():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], requires_grad=True)
-    y = sign_ste(x, BOOL_STE, unsigned=True)
+    y = sign_ste(x, CLIPPED_OPEN, unsigned=True)
     y.sum().backward()
     assert torch.equal(y.detach(), torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
     assert torch.equal(x.grad, torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]))
@@ -51,10 +51,35 @@ def test_bi_attention_forward_and_gradients():
     scores = torch.sign(q) @ torch.sign(k).transpose(-2, -1) / 2.0
     a = (scores > 0).float()  # no softmax
     assert torch.allclose(out, a @ torch.sign(v))
-    assert torch.allclose(vr.grad, (a.transpose(-2, -1) @ g) * (v.abs() <= 1), atol=1e-5)
+    # every quantizer of the attention: the authors' open clipped STE 1[|.| < 1]
+    assert torch.allclose(vr.grad, (a.transpose(-2, -1) @ g) * (v.abs() < 1), atol=1e-5)
     ds = (g @ torch.sign(v).transpose(-2, -1)) * (scores.abs() < 1) / 2.0
-    assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() <= 1), atol=1e-5)
-    assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() <= 1), atol=1e-5)
+    assert (scores.abs() == 1).any()  # the boundary is hit: scores are multiples of 1 / sqrt(D)
+    assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() < 1), atol=1e-5)
+    assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() < 1), atol=1e-5)
+
+
+def test_bi_attention_unit_inputs_get_no_gradient():
+    q = torch.sign(torch.randn(1, 2, 5, 4)).requires_grad_(True)
+    BiBERTAttention(head_dim=4, num_heads=2)(q, q, q).sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
+
+
+def test_bibert_linear_keeps_the_closed_boundary_on_unit_inputs():
+    """The linears use the clamp trick, whose gradient under torch 2.1.2 includes |x| == 1: a {-1, 1} input (the
+    output of the attention, A_b V_b) passes its gradient."""
+    torch.manual_seed(0)
+    layer = BiBERTLinear(6, 3)
+    x = torch.sign(torch.randn(4, 6)).requires_grad_(True)
+    y = layer(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, g @ bibert_weight(layer.weight).detach(), atol=1e-6)
+
+
+def test_bibert_starts_from_dinov2():
+    method = binary.get_method("bibert")
+    assert method.pretrained_backbone and not method.standard
 
 
 def test_bibert_method_block_trains():

@@ -39,6 +39,20 @@ def test_conv_units_and_flags(binary_type):
         method.conv_transpose(8, 4, 3, stride=2)
 
 
+def test_cfb_keeps_out_conv_and_head_conv_full_precision():
+    """The authors' cfb ablation: out_conv1 a biased float conv without BatchNorm or bypass; the segmentation head's
+    3x3 a bias-free float conv + BatchNorm; the depth head's a biased float conv (``float_head``); bidense binarizes
+    both."""
+    cfb, bidense = binary.get_method("cfb"), binary.get_method("bidense")
+    out = cfb.conv(96, 128, 3, padding=1, role="out")
+    assert type(out) is nn.Conv2d and out.bias is not None
+    head = cfb.conv(128, 128, 3, padding=1, role="head")
+    assert type(head[0]) is nn.Conv2d and head[0].bias is None and isinstance(head[1], nn.BatchNorm2d)
+    assert cfb.float_head and not bidense.float_head
+    assert isinstance(bidense.conv(96, 128, 3, padding=1, role="out"), BiDenseConv2d)
+    assert isinstance(bidense.conv(128, 128, 3, padding=1, role="head"), BiDenseConv2d)
+
+
 def test_activations_by_role():
     method = binary.get_method("bidense")
     assert isinstance(method.act(8, "head"), nn.ReLU)

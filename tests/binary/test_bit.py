@@ -1,18 +1,27 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
 import binary
 from binary.counting import BinaryLayer
-from binary.methods.bit import BiTAttention, BiTLinear, ElasticBinarizer, bwn_weight
+from binary.methods.bit import BiTAttention, BiTLinear, ElasticSteps, bwn_weight
+
+
+class _One(ElasticSteps):
+    def __init__(self, signed):
+        super().__init__("alpha")
+        self.signed = signed
+
+    def forward(self, x):
+        return self.binarize("alpha", x, self.signed)
 
 
 def _ready(signed, alpha):
-    b = ElasticBinarizer(signed)
+    b = _One(signed)
     with torch.no_grad():
         b.alpha.fill_(alpha)
-        b.initialized.fill_(True)
     return b
 
 
@@ -42,18 +51,27 @@ def test_elastic_unsigned_values_and_lsq_gradients():
 
 
 def test_elastic_alpha_initialised_once_from_first_batch_and_restored_from_state_dict():
-    signed, unsigned = ElasticBinarizer(True), ElasticBinarizer(False)
-    x = torch.tensor([0.1, -0.3, 0.6, -1.0])
+    signed, unsigned = _One(True), _One(False)
+    assert signed.alpha.item() == 1.0 and list(signed.state_dict()) == ["alpha"]  # the authors' entries only
+    x = torch.tensor([0.1, -0.3, 0.6, -1.2])  # 2 mean|x| = 1.1: not the fresh value 1.0
     signed(x)
     unsigned(x.abs())
-    assert torch.isclose(signed.alpha, 2 * x.abs().mean()) and bool(signed.initialized)
+    assert torch.isclose(signed.alpha, 2 * x.abs().mean())
     assert torch.isclose(unsigned.alpha, 4 * x.abs().mean())
     signed(10 * x)
     assert torch.isclose(signed.alpha, 2 * x.abs().mean())  # no re-initialisation
-    fresh = ElasticBinarizer(True)
+    fresh = _One(True)
     fresh.load_state_dict(signed.state_dict())
     fresh(100 * x)
     assert torch.equal(fresh.alpha, signed.alpha)
+
+
+def test_elastic_alpha_loaded_as_other_than_one_is_kept():
+    """The authors' rule: only a step still at its initial 1.0 is set from the first batch."""
+    b = _One(True)
+    b.load_state_dict({"alpha": torch.tensor(0.7)})
+    b(torch.tensor([5.0, -3.0]))
+    assert b.alpha.item() == pytest.approx(0.7)
 
 
 def test_elastic_alpha_clamped_positive():
@@ -81,6 +99,8 @@ def test_bit_linear_shift_then_elastic_sign():
     y = layer(x)
     shifted = x + torch.linspace(-0.5, 0.5, 6)
     alpha = 2 * shifted.abs().mean()
+    assert torch.isclose(layer.input_clip_val, alpha)
+    assert list(layer.state_dict()) == ["weight", "bias", "input_clip_val", "move.bias"]
     expected = (alpha * torch.sign(shifted)) @ bwn_weight(layer.weight).detach().T + layer.bias.detach()
     assert torch.allclose(y.detach(), expected, atol=1e-5)
     y.square().sum().backward()
@@ -88,18 +108,27 @@ def test_bit_linear_shift_then_elastic_sign():
         assert p.grad is not None, name
 
 
-def test_bit_attention_binarizes_k_and_v_from_themselves():
+def test_bit_attention_binarizes_k_and_v_from_binary_q_as_the_authors():
+    """The authors' code reassigns q before binarizing k and v: K_b = alpha_k sign(Q_b), V_b = alpha_v sign(Q_b),
+    with alpha_k = alpha_v = 2 mean|Q_b| = 2 alpha_q at the first batch; k and v are never read."""
     torch.manual_seed(0)
     attn = BiTAttention(head_dim=4, num_heads=2)
-    q, k, v = torch.randn(1, 2, 5, 4), 3 * torch.randn(1, 2, 5, 4), 7 * torch.randn(1, 2, 5, 4)
-    out = attn(q, k, v)
-    aq, ak, av = (2 * t.abs().mean() for t in (q, k, v))
-    assert torch.isclose(attn.binarize_k.alpha, ak) and torch.isclose(attn.binarize_v.alpha, av)
-    probs = torch.softmax((aq * torch.sign(q)) @ (ak * torch.sign(k)).transpose(-2, -1) / 2.0, dim=-1)
+    assert list(attn.state_dict()) == ["clip_query", "clip_key", "clip_value", "clip_attn"]
+    q = torch.randn(1, 2, 5, 4)
+    out = attn(q, 3 * torch.randn(1, 2, 5, 4), 7 * torch.randn(1, 2, 5, 4))
+    aq = 2 * q.abs().mean()
+    assert torch.isclose(attn.clip_query, aq)
+    assert torch.isclose(attn.clip_key, 2 * aq) and torch.isclose(attn.clip_value, 2 * aq)
+    qb, kb, vb = aq * torch.sign(q), 2 * aq * torch.sign(q), 2 * aq * torch.sign(q)
+    probs = torch.softmax(qb @ kb.transpose(-2, -1) / 2.0, dim=-1)
     a_attn = 4 * probs.mean()  # = 4 / N: each row of probabilities sums to 1
-    assert torch.isclose(attn.binarize_attn.alpha, a_attn) and torch.isclose(a_attn, torch.tensor(4 / 5))
-    expected = (probs / a_attn).round().clamp(0, 1) * a_attn @ (av * torch.sign(v))
+    assert torch.isclose(attn.clip_attn, a_attn) and torch.isclose(a_attn, torch.tensor(4 / 5))
+    expected = (probs / a_attn).round().clamp(0, 1) * a_attn @ vb
     assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.equal(attn(q, torch.full_like(q, 1e3), torch.full_like(q, -1e3)), out)  # k, v ignored
+    qr = q.clone().requires_grad_(True)
+    attn(qr, q, q).sum().backward()
+    assert qr.grad is not None and qr.grad.abs().sum() > 0
 
 
 def test_bit_method_block_trains():

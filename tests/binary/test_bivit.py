@@ -4,7 +4,7 @@ from torch import nn
 
 import binary
 from binary.counting import BinaryLayer
-from binary.layers import BinaryConv2d, BinaryConvTranspose2d
+from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias
 from binary.transformer_layers import BiViTAttention, BiViTLinear
 
 # Inputs straddling the clip points of the STE: inside (-1, 1), outside, exactly 0 and exactly +-1.
@@ -35,10 +35,11 @@ def test_linear_forward_and_gradients_match_formulas(learnable):
     wb = scale * torch.sign(wc)
     xb = torch.sign(X)
     assert torch.allclose(out, xb @ wb.T + torch.tensor([0.1, -0.2, 0.3]), atol=1e-6)
-    # input: clipped STE, gradient passes where |x| <= 1 (0 and +-1 included)
-    assert torch.allclose(x.grad, (g @ wb) * (X.abs() <= 1), atol=1e-6)
-    # weight: d/dWc = (g^T sign(x)) * s * 1[|Wc| <= 1], then through the row centring
-    h = (g.T @ xb) * scale * (wc.abs() <= 1)
+    # input: the authors' open clipped STE, gradient passes where |x| < 1 (0 included, +-1 excluded)
+    assert torch.allclose(x.grad, (g @ wb) * (X.abs() < 1), atol=1e-6)
+    assert x.grad[0, 5] == 0 and x.grad[1, 0] == 0  # x == 1 and x == -1
+    # weight: d/dWc = (g^T sign(x)) * s * 1[|Wc| < 1], then through the row centring
+    h = (g.T @ xb) * scale * (wc.abs() < 1)
     assert torch.allclose(layer.weight.grad, h - h.mean(1, keepdim=True), atol=1e-6)
     assert torch.allclose(layer.bias.grad, g.sum(0))
     if learnable:
@@ -77,11 +78,35 @@ def test_attention_forward_and_gradients_match_formulas():
     assert set(ab.unique().tolist()) <= {0.0, 1.0}
     assert torch.allclose(out, ab @ torch.sign(v), atol=1e-6)
     # V: through the binary attention; Q, K: straight through the softmax Jacobian a * (dA - <dA, a>)
-    assert torch.allclose(vr.grad, (ab.transpose(-2, -1) @ g) * (v.abs() <= 1), atol=1e-5)
+    assert torch.allclose(vr.grad, (ab.transpose(-2, -1) @ g) * (v.abs() < 1), atol=1e-5)
     da = g @ torch.sign(v).transpose(-2, -1)
     ds = a * (da - (da * a).sum(-1, keepdim=True)) * scale
-    assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() <= 1), atol=1e-5)
-    assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() <= 1), atol=1e-5)
+    assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() < 1), atol=1e-5)
+    assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() < 1), atol=1e-5)
+
+
+def test_linear_on_binary_input_gets_no_input_gradient():
+    """The input of ``proj`` is A_b V_b: entries exactly +-1 sit on the STE boundary, where the authors' quantizer
+    passes no gradient (|x| < 1); a {-1, 1} input therefore gets none at all."""
+    torch.manual_seed(0)
+    layer = BiViTLinear(6, 3, learnable_scale=True)
+    x = torch.sign(torch.randn(4, 6)).requires_grad_(True)
+    out = layer(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    w = layer.weight.detach()
+    wc = w - w.mean(1, keepdim=True)
+    h = (g.T @ x.detach()) * layer.scale.detach() * (wc.abs() < 1)
+    assert torch.allclose(layer.weight.grad, h - h.mean(1, keepdim=True), atol=1e-6)
+
+
+def test_attention_on_unit_inputs_passes_no_gradient():
+    """q, k, v exactly +-1 (the boundary) get no gradient, as the authors' qkv quantizer."""
+    q = torch.sign(torch.randn(1, 2, 5, 4)).requires_grad_(True)
+    out = BiViTAttention(head_dim=4, num_heads=2)(q, q, q)
+    out.sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
 
 
 def test_bivit_method_layers():
@@ -94,15 +119,27 @@ def test_bivit_method_layers():
         assert layer(torch.randn(2, 3, 8)).shape == (2, 3, 16)
     assert isinstance(method.attention(4, 2), BiViTAttention)
     assert isinstance(method.vit_act(8), nn.GELU)
-    # decoder: ReActNet convs with BN; output_conv1 and the head's 3x3 conv full precision
+    # decoder, as the authors': RCU convs biased + BN; projections, layer_rn and the stride-2 resampling bare
+    # bias-free binary convs; the x4 / x2 resamplings biased binary transposed convs; output_conv1 a biased float
+    # conv, the segmentation head's 3x3 a bias-free float conv + BN, the depth head's a biased float conv
     unit = method.conv(8, 6, 3, padding=1, role="rcu", bias=True)
     assert isinstance(unit[0], BinaryConv2d) and unit[0].bias is not None
     assert isinstance(unit[1], nn.BatchNorm2d) and unit(torch.randn(2, 8, 5, 5)).shape == (2, 6, 5, 5)
-    assert type(method.conv(8, 6, 3, padding=1, role="out")[0]) is nn.Conv2d
-    assert type(method.conv(8, 6, 3, padding=1, role="head")[0]) is nn.Conv2d
+    for role in ("project", "rn"):
+        conv = method.conv(8, 6, 1, role=role)
+        assert isinstance(conv, BinaryConv2d) and conv.bias is None
+    out = method.conv(8, 6, 3, padding=1, role="out")
+    assert type(out) is nn.Conv2d and out.bias is not None
+    head = method.conv(8, 6, 3, padding=1, role="head")
+    assert type(head[0]) is nn.Conv2d and head[0].bias is None and isinstance(head[1], nn.BatchNorm2d)
+    assert method.float_head
     up = method.up(4, 4, 4)
-    assert isinstance(up[0], BinaryConvTranspose2d) and up(torch.randn(1, 4, 3, 3)).shape == (1, 4, 12, 12)
-    assert method.down(4, 4, 3, 2, 1)(torch.randn(1, 4, 7, 7)).shape == (1, 4, 4, 4)
+    assert isinstance(up, BinaryConvTranspose2d) and up.bias is not None
+    assert up(torch.randn(1, 4, 3, 3)).shape == (1, 4, 12, 12)
+    down = method.down(4, 4, 3, 2, 1)
+    assert isinstance(down, BinaryConv2d) and down.bias is None
+    assert down(torch.randn(1, 4, 7, 7)).shape == (1, 4, 4, 4)
+    assert isinstance(method.rcu_shift(4), LearnableBias) and isinstance(method.act(4, "rcu"), nn.ReLU)
 
 
 def test_bivit_block_trains_end_to_end():

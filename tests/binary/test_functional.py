@@ -7,6 +7,7 @@ import torch
 from binary.functional import (
     APPROX_SIGN,
     CLIPPED,
+    CLIPPED_OPEN,
     ClippedSTE,
     ErrorDecaySTE,
     add_channel_adaptive_bypass_,
@@ -57,6 +58,24 @@ def test_sign_ste_defaults_to_closed_clip():
     x = torch.tensor([-1.0, 1.0, 1.5], dtype=D, requires_grad=True)
     sign_ste(x).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_open_clip_is_the_authors_explicit_mask():
+    """grad[x >= 1] = 0; grad[x <= -1] = 0 (the BiViT / BiBERT quantizers): no gradient at exactly +-1."""
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], dtype=D, requires_grad=True)
+    sign_ste(x, CLIPPED_OPEN).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_closed_clip_is_torch_212_clamp_trick():
+    """sign(x).detach() - clamp(x, -1, 1).detach() + clamp(x, -1, 1) under torch 2.1.2, whose clamp backward is
+    ``grad * (x >= min) * (x <= max)``: gradient 1 at exactly +-1, independent of the installed torch."""
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], dtype=D, requires_grad=True)
+    sign_ste(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    w = torch.tensor([[[[-1.0, 1.0], [0.5, -1.5]]]], dtype=D, requires_grad=True)
+    binarize_weight(w).sum().backward()
+    assert w.grad.flatten().tolist() == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_sign_ste_approx_sign_is_bi_real_derivative_with_zero_at_boundary():

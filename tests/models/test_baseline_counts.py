@@ -24,12 +24,15 @@ LOCKED = {
     "react": (39_925_728, 302_463, 64_814_107_392),
     "adabin": (39_925_728, 255_245, 64_814_107_392),
     "bisrnet": (41_861_088, 349_798, 65_809_435_392),
-    "cfb": (39_925_728, 302_463, 64_814_107_392),
+    "cfb": (39_667_680, 559_902, 29_247_720_192),
 }
 # Float MACs of every binary UPerNet: the full-precision stem (4x4 s4, 3 -> 96) and the 1x1 classifier
 # (128 -> 151) at full resolution, computed here from the shapes.
 STEM_MACS = (480 // 4) ** 2 * 96 * 3 * 4 * 4
 CLASSIFIER_MACS = 480 * 480 * ADE20K * 128
+# cfb, as the authors' ablation: out_conv (3x3, 96 -> 128 at 1/4 resolution, biased) and the head's 3x3 conv
+# (128 -> 128 at full resolution) are full precision.
+CFB_FLOAT_MACS = (480 // 4) ** 2 * 128 * 96 * 9 + 480 * 480 * 128 * 128 * 9
 # The float mirror fp32_0 runs the same convolutions in 32 bits (tests/models/test_model_counts.py locks it).
 FP32_0_MACS = 69_333_633_792
 # The classifier's weight, which the authors' count divides by 32 (README, "Where this implementation differs ...",
@@ -53,9 +56,18 @@ def test_counts_locked_at_480(at_480: dict[str, dict], binary_type: str) -> None
     assert (result["binary_params"], result["float_params"]) == (binary_params, float_params)
     assert result["params"] == pytest.approx(float_params + binary_params / 32)
     assert result["params_paper"] == pytest.approx(float_params - CLASSIFIER_PARAMS * 31 / 32 + binary_params / 32)
-    assert result["float_macs"] == STEM_MACS + CLASSIFIER_MACS
+    float_macs = STEM_MACS + CLASSIFIER_MACS + (CFB_FLOAT_MACS if binary_type == "cfb" else 0)
+    assert result["float_macs"] == float_macs
     assert result["binary_macs"] == binary_macs
-    assert result["ops_g"] == pytest.approx((STEM_MACS + CLASSIFIER_MACS + binary_macs / 64) / 1e9)
+    assert result["ops_g"] == pytest.approx((float_macs + binary_macs / 64) / 1e9)
+
+
+def test_cfb_ablation_counts_as_the_authors(at_480: dict[str, dict]) -> None:
+    """The authors' CFB ablation model (full-precision out_conv and head 3x3 conv): Params 1,799.5K, OPs 40.5 G at
+    480 x 480 (ADE20K head)."""
+    result = at_480["cfb"]
+    assert round(result["params_k"], 1) == 1799.5
+    assert round(result["ops_g"], 1) == 40.5
 
 
 @pytest.mark.parametrize("binary_type", ("bnn", "react", "adabin", "cfb"))

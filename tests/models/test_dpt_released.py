@@ -1,6 +1,7 @@
 """DPT as the authors' released code computes it (README, "Deviations from the released code"): BatchNorm count
-and placement of the float decoders, the ReLU'd shortcut of the float residual conv unit, zero-initialised
-position embedding / cls token of the binary backbones, and the input resize without antialiasing."""
+and placement of the float decoders and of the ViT baselines' ReActNet decoder, the ReLU'd shortcut of the float
+residual conv unit and the shifted shortcut of the baselines' one, zero-initialised position embedding / cls token
+of the binary backbones, and the input resize without antialiasing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binary import get_method
+from binary.layers import BinaryConv2d, BinaryConvTranspose2d
 from models import build_model, supported_methods
 from models.dpt import DPT, ResidualConvUnit
 
@@ -123,3 +126,53 @@ def test_input_resize_has_no_antialiasing(monkeypatch: pytest.MonkeyPatch) -> No
     torch.testing.assert_close(seen["x"][0], expected, atol=1e-5, rtol=1e-5)
     antialiased = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     assert (antialiased - seen["x"]).abs().max() > 1e-2
+
+
+VIT_BASELINES = ("bibert", "bit", "bivit")
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+@pytest.mark.parametrize("method", VIT_BASELINES)
+def test_vit_baseline_decoder_as_the_authors(task: str, method: str) -> None:
+    """The authors' ViT-baseline DPT decoder: BatchNorm only in the residual conv units (and in the segmentation
+    head); bare bias-free binary projections, layer_rn and stride-2 resampling; biased binary x4 / x2 transposed
+    convs; output_conv1 a biased float conv; the depth head's 3x3 a biased float conv without BatchNorm."""
+    model = _build(task, method)
+    norms = {name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert norms == _rcu_norms() | ({"head.conv.1"} if task == "segmentation" else set())
+    assert all(type(p) is BinaryConv2d and p.bias is None for p in model.projects)
+    assert all(type(r) is BinaryConv2d and r.bias is None for r in model.layer_rn)
+    for i in (0, 1):
+        assert type(model.resize_layers[i]) is BinaryConvTranspose2d and model.resize_layers[i].bias is not None
+    assert type(model.resize_layers[3]) is BinaryConv2d and model.resize_layers[3].bias is None
+    assert type(model.output_conv1) is nn.Conv2d and model.output_conv1.bias is not None
+    if task == "depth":
+        assert type(model.head.conv) is nn.Conv2d and model.head.conv.bias is not None
+    else:
+        assert type(model.head.conv[0]) is nn.Conv2d and model.head.conv[0].bias is None
+
+
+def test_bivit_state_dict_entries() -> None:
+    # The authors' BiViT DPT: 377 entries for segmentation (with 151 classes or any other count), 373 for depth,
+    # of which the never-called skip unit of the deepest fusion block holds 18 (two biased binary convs with their
+    # shifts, two BN, two LearnableBias).
+    assert len(_build("segmentation", "bivit").state_dict()) == 377 - 18
+    assert len(_build("depth", "bivit").state_dict()) == 373 - 18
+
+
+def test_vit_baseline_residual_unit_carries_the_shifted_input() -> None:
+    """y = x + b1; y = y + BN(conv1(ReLU(y))); y = y + b2; out = y + BN(conv2(ReLU(y))), with non-zero shifts."""
+    torch.manual_seed(0)
+    unit = ResidualConvUnit(get_method("bivit"), 4).eval()
+    with torch.no_grad():
+        for p in unit.parameters():
+            p.normal_()
+    x = torch.randn(2, 4, 5, 5)
+    b1, b2 = unit.shift1.bias.detach().view(1, 4, 1, 1), unit.shift2.bias.detach().view(1, 4, 1, 1)
+    with torch.no_grad():
+        y = x + b1
+        y = y + unit.conv1(torch.relu(y))
+        y = y + b2
+        expected = y + unit.conv2(torch.relu(y))
+        assert torch.allclose(unit(x), expected, atol=1e-6)
+        assert not torch.allclose(unit(x), expected - b1, atol=1e-3)

@@ -83,3 +83,17 @@ def test_training_config_default_asks_for_the_standard_weights() -> None:
         build_module(SegmentationModule, cfg)
     assert "\n" not in str(info.value)
     build_module(SegmentationModule, cfg, pretrained=False)  # weights from a checkpoint: nothing fetched
+
+
+def test_bibert_backbone_starts_from_dinov2_as_the_authors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The authors' BiBERT DPT loaded the DINOv2 ViT-S/14 weights into its binarized backbone (strict: the same
+    keys); the default does the same, through the standard weights."""
+    source = dinov2_vits14(get_method("fp32"))
+
+    def download(url: str, dst: str, progress: bool = True) -> None:
+        torch.save(source.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    model = build_model("depth", "dpt", "bibert", max_depth=10.0, pretrained=True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
