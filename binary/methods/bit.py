@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
+from binary.eval_cache import EvalCache
 from binary.layers import LearnableBias
 from binary.methods.base import ReActDPTDecoder
 from binary.methods.registry import register
@@ -116,8 +117,9 @@ def bwn_weight(w: torch.Tensor) -> torch.Tensor:
     return _BWN.apply(w)
 
 
-class BiTLinear(BinaryLayer, nn.Linear):
-    """y = elastic_signed(x + b) @ bwn_weight(W)^T + bias on (..., in_features) tokens; b per input feature."""
+class BiTLinear(EvalCache, BinaryLayer, nn.Linear):
+    """y = elastic_signed(x + b) @ bwn_weight(W)^T + bias on (..., in_features) tokens; b per input feature; the
+    binary weight is cached in eval mode (`binary.eval_cache`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -125,7 +127,8 @@ class BiTLinear(BinaryLayer, nn.Linear):
         self.binarize_input = ElasticBinarizer(signed=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.binarize_input(self.move(x)), bwn_weight(self.weight), self.bias)
+        weight = self.eval_cached("binary_weight", lambda: bwn_weight(self.weight), self.weight)
+        return F.linear(self.binarize_input(self.move(x)), weight, self.bias)
 
 
 class BiTAttention(nn.Module):
