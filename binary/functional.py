@@ -199,7 +199,17 @@ def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
 
 
 def _weight_scale(w: Tensor) -> Tensor:
-    return w.abs().mean(tuple(range(1, w.dim())), keepdim=True)
+    """mean|w| over all dims but the first, in one pass (no |w| temporary)."""
+    dims = tuple(range(1, w.dim()))
+    return torch.linalg.vector_norm(w, 1, dims, keepdim=True).div_(w[0].numel())
+
+
+def _clip_grad(grad: Tensor, w: Tensor) -> Tensor:
+    """``grad * 1[|w| <= 1]`` (the clipped STE, boundary included) in one pass: hardtanh's backward passes the
+    gradient on the open interval (lo, hi), here with hi the next representable value above 1 in w's dtype."""
+    one = torch.ones((), dtype=w.dtype)
+    hi = torch.nextafter(one, 2 * one).item()
+    return torch.ops.aten.hardtanh_backward(grad, w, -hi, hi)
 
 
 class _CenteredBinaryWeight(Function):
@@ -457,7 +467,7 @@ def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, co
     gxb, gwb, gbias = torch.ops.aten.convolution_backward(
         grad_z.to(dtype), xb.to(dtype), conv_weight(weight).to(dtype), bias_shape, *conv,
         [need_x, needs[4], needs[5]])
-    gw = gwb.to(weight.dtype).mul_(weight.abs() <= 1.0) if needs[4] else None
+    gw = _clip_grad(gwb.to(weight.dtype), weight) if needs[4] else None
     gbias = _cast(gbias, weight.dtype)
     if not need_x:
         return None, None, None, None, gw, gbias
