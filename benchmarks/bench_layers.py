@@ -12,7 +12,7 @@ shares, as a fraction of the float unit's time; where the float convolution is c
 output channels, 1x1 kernels, depthwise) those passes alone exceed the 15 % margin.
 
     python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--no-malloc-cache]
-        [--device cpu|cuda] [--precision 32|bf16-mixed]
+        [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by --clock
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -116,14 +120,14 @@ def step_times(modules: list, x: torch.Tensor, reps: int, precision: str = "32")
             if x.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(x.device)
             _sync(x.device)
-            start = time.perf_counter()
+            start = clock()
             with autocast(x.device, precision):
                 out = module(x)
             if out is not None:
                 out.backward(torch.ones_like(out))
             _sync(x.device)
             if i >= 2:
-                bucket.append(time.perf_counter() - start)
+                bucket.append(clock() - start)
                 if x.device.type == "cuda":
                     peaks[n] = max(peaks[n], torch.cuda.max_memory_allocated(x.device))
             del out
@@ -173,7 +177,12 @@ def main() -> None:
                         help="keep glibc's default (page-faulting) allocation of large tensors")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed seconds; cpu: this process's CPU seconds (all threads; steadier on a "
+                             "machine shared with other jobs, CPU only)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: no CUDA GPU is visible on this machine")

@@ -11,8 +11,8 @@ statistics) in training the bytes saved for backward (unique storages, parameter
 bytes of the evaluation cache.
 
     python -m benchmarks.bench_train_step [--mode train|eval] [--steps 5] [--warmup 1] [--batch 2] [--size 256]
-        [--threads 2] [--device cpu|cuda] [--precision 32|bf16-mixed] [--binary bidense] [--float fp32_0]
-        [--models upernet dpt]
+        [--threads 2] [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
+        [--binary bidense] [--float fp32_0] [--models upernet dpt]
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ import models
 NUM_CLASSES = 151
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by --clock
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -48,24 +52,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                precision: str) -> float:
     """Seconds for forward, cross-entropy, backward and one optimizer step."""
     _sync(images.device)
-    start = time.perf_counter()
+    start = clock()
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
         loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
     _sync(images.device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def eval_step(model: nn.Module, images: torch.Tensor, precision: str) -> float:
     """Seconds for one forward in eval mode under inference mode."""
     _sync(images.device)
-    start = time.perf_counter()
+    start = clock()
     with torch.inference_mode(), autocast(images.device, precision):
         model(images)
     _sync(images.device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def saved_bytes(model: nn.Module, images: torch.Tensor, precision: str) -> int:
@@ -132,10 +136,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed seconds; cpu: this process's CPU seconds (all threads; steadier on a "
+                             "machine shared with other jobs, CPU only)")
     parser.add_argument("--binary", default="bidense")
     parser.add_argument("--float", dest="float_", default="fp32_0")
     parser.add_argument("--models", nargs="+", default=["upernet", "dpt"])
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: no CUDA GPU is visible on this machine")
@@ -145,7 +154,8 @@ def main() -> None:
     memory = ("peak MB (max_memory_allocated)" if device.type == "cuda" else
               "saved-for-backward MB" if args.mode == "train" else "eval-cache MB")
     print(f"{what}, batch {args.batch} at {args.size}x{args.size}, {device}, precision {args.precision}, "
-          f"{args.threads} threads, torch {torch.__version__}, median of {args.steps} after {args.warmup} warm-up")
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, median of {args.steps} after "
+          f"{args.warmup} warm-up")
     print(f"memory column: {memory}")
     header = (f"{'model':<9}{args.binary + ' s':>12}{args.float_ + ' s':>12}{'ratio':>8} | {'img/s':>7}"
               f"{'img/s':>7} | {'memory':>8}{'memory':>8}")
