@@ -1,18 +1,26 @@
-"""Benchmark: one whole training step of a binary model against its float mirror.
+"""Benchmark: one whole training step, or one evaluation forward, of a binary model against its float mirror.
 
-A step is forward, cross-entropy against random labels (segmentation, 151 classes), backward and an AdamW update.
-For each model type (UperNet; DPT when registered) the binary method and the float mirror are built once and
-their steps alternate in the same run (so a change of machine load hits both), after warm-up steps; the table
-gives each median and the binary / float ratio.
+A training step is forward, cross-entropy against random labels (segmentation, 151 classes), backward and an AdamW
+update; an evaluation forward (``--mode eval``) is the model in eval mode under ``torch.inference_mode`` (the
+binary layers then use their cached binary weights, README "Speed"). For each model type the binary method and
+the float mirror are built once and their steps alternate in the same run (so a change of machine load hits both),
+after warm-up steps; the table gives each median, the binary / float ratio, images/s and the peak memory.
 
-    python -m benchmarks.bench_train_step [--steps 5] [--warmup 1] [--batch 2] [--size 256] [--threads 2]
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU (no allocator
+statistics) in training the bytes saved for backward (unique storages, parameters excluded), in evaluation the
+bytes of the evaluation cache.
+
+    python -m benchmarks.bench_train_step [--mode train|eval] [--steps 5] [--warmup 1] [--batch 2] [--size 256]
+        [--threads 2] [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
         [--binary bidense] [--float fp32_0] [--models upernet dpt]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import sys
 import time
 
 import torch
@@ -24,56 +32,145 @@ import models
 NUM_CLASSES = 151
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by --clock
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of Lightning's ``precision`` ("32": none; "bf16-mixed": bfloat16)."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               precision: str) -> float:
     """Seconds for forward, cross-entropy, backward and one optimizer step."""
-    start = time.perf_counter()
+    _sync(images.device)
+    start = clock()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    with autocast(images.device, precision):
+        loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - start
+    _sync(images.device)
+    return clock() - start
 
 
-def bench_pair(model_type: str, binary_types: tuple[str, str], steps: int, warmup: int, batch: int, size: int) -> dict:
-    """Median step time of each method on ``model_type``, steps alternating between the two models."""
+def eval_step(model: nn.Module, images: torch.Tensor, precision: str) -> float:
+    """Seconds for one forward in eval mode under inference mode."""
+    _sync(images.device)
+    start = clock()
+    with torch.inference_mode(), autocast(images.device, precision):
+        model(images)
+    _sync(images.device)
+    return clock() - start
+
+
+def saved_bytes(model: nn.Module, images: torch.Tensor, precision: str) -> int:
+    """Bytes of the unique non-parameter storages autograd keeps for one training forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(images.device, precision):
+        out = model(images)
+    del out
+    return sum(storages.values())
+
+
+def cache_bytes(model: nn.Module) -> int:
+    """Bytes held by the binary layers' evaluation caches."""
+    return sum(value.nbytes for m in model.modules() for _, value in m.__dict__.get("_eval_cache", {}).values())
+
+
+def bench_pair(model_type: str, binary_types: tuple[str, str], mode: str, steps: int, warmup: int, batch: int,
+               size: int, device: torch.device, precision: str) -> dict[str, tuple[float, float]]:
+    """(median seconds, peak bytes) of each method on ``model_type``, steps alternating between the two models."""
     torch.manual_seed(0)
-    images = torch.randn(batch, 3, size, size)
-    labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size), device=device)
     runs = {}
     for binary_type in binary_types:
-        model = models.build_model("segmentation", model_type, binary_type, num_classes=NUM_CLASSES).train()
-        runs[binary_type] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01), [])
+        model = models.build_model("segmentation", model_type, binary_type, num_classes=NUM_CLASSES).to(device)
+        model.train(mode == "train")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01) if mode == "train" else None
+        runs[binary_type] = (model, optimizer, [], [0])
     for step in range(warmup + steps):
-        for model, optimizer, times in runs.values():
-            seconds = train_step(model, optimizer, images, labels)
+        for model, optimizer, times, peak in runs.values():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if mode == "train":
+                seconds = train_step(model, optimizer, images, labels, precision)
+            else:
+                seconds = eval_step(model, images, precision)
             if step >= warmup:
                 times.append(seconds)
-    return {binary_type: statistics.median(times) for binary_type, (_, _, times) in runs.items()}
+                if device.type == "cuda":
+                    peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
+    result = {}
+    for binary_type, (model, _, times, peak) in runs.items():
+        if device.type == "cpu":
+            peak[0] = saved_bytes(model, images, precision) if mode == "train" else cache_bytes(model)
+        result[binary_type] = (statistics.median(times), peak[0])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("train", "eval"), default="train")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall: elapsed seconds; cpu: this process's CPU seconds (all threads; steadier on a "
+                             "machine shared with other jobs, CPU only)")
     parser.add_argument("--binary", default="bidense")
     parser.add_argument("--float", dest="float_", default="fp32_0")
     parser.add_argument("--models", nargs="+", default=["upernet", "dpt"])
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: no CUDA GPU is visible on this machine")
     torch.set_num_threads(args.threads)
 
-    print(f"training step (forward, CE, backward, AdamW), batch {args.batch} at {args.size}x{args.size}, "
-          f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up")
-    print(f"{'model':<10}{args.binary + ' s':>14}{args.float_ + ' s':>14}{'ratio':>9}")
+    what = "training step (forward, CE, backward, AdamW)" if args.mode == "train" else "evaluation forward"
+    memory = ("peak MB (max_memory_allocated)" if device.type == "cuda" else
+              "saved-for-backward MB" if args.mode == "train" else "eval-cache MB")
+    print(f"{what}, batch {args.batch} at {args.size}x{args.size}, {device}, precision {args.precision}, "
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, median of {args.steps} after "
+          f"{args.warmup} warm-up")
+    print(f"memory column: {memory}")
+    header = (f"{'model':<9}{args.binary + ' s':>12}{args.float_ + ' s':>12}{'ratio':>8} | {'img/s':>7}"
+              f"{'img/s':>7} | {'memory':>8}{'memory':>8}")
+    print(header)
+    print(f"{'':<9}{'':>12}{'':>12}{'':>8} | {args.binary[:7]:>7}{args.float_[:7]:>7} | "
+          f"{args.binary[:7]:>8}{args.float_[:7]:>8}")
     for model_type in args.models:
         if model_type not in models.list_models():
-            print(f"{model_type:<10}  (not registered)")
+            print(f"{model_type:<9}  (not registered)")
             continue
-        medians = bench_pair(model_type, (args.binary, args.float_), args.steps, args.warmup, args.batch, args.size)
-        binary, float_ = medians[args.binary], medians[args.float_]
-        print(f"{model_type:<10}{binary:>14.3f}{float_:>14.3f}{binary / float_:>8.2f}x")
+        res = bench_pair(model_type, (args.binary, args.float_), args.mode, args.steps, args.warmup, args.batch,
+                         args.size, device, args.precision)
+        (tb, mb), (tf, mf) = res[args.binary], res[args.float_]
+        print(f"{model_type:<9}{tb:>12.3f}{tf:>12.3f}{tb / tf:>7.2f}x | {args.batch / tb:>7.2f}"
+              f"{args.batch / tf:>7.2f} | {mb / 2**20:>8.1f}{mf / 2**20:>8.1f}")
 
 
 if __name__ == "__main__":

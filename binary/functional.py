@@ -92,7 +92,8 @@ class _SignSTE(Function):
     @staticmethod
     def forward(ctx, x: Tensor, estimator: SignEstimator, unsigned: bool, scale: Tensor | None) -> Tensor:
         ctx.estimator = estimator
-        ctx.save_for_backward(estimator.save(x))
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(estimator.save(x))
         out = (x > 0).to(x.dtype) if unsigned else torch.sign(x)
         return out if scale is None else out * scale
 
@@ -124,12 +125,18 @@ def approx_sign(x: Tensor) -> Tensor:
     return _SignSTE.apply(x, APPROX_SIGN, False, None)
 
 
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the DAB statistics and of the binary input: float32 for a bfloat16 / float16 input (README,
+    "Speed": mixed precision), the input's own dtype otherwise."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _dab_stats(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dims: tuple[int, ...]):
     """Forward of the DAB. Returns (binary output, mean, beta, alpha, mean|s|)."""
     n = 1
     for d in dims:
         n *= x.shape[d]
-    mean = x.mean(dims, keepdim=True)
+    mean = x.mean(dims, keepdim=True, dtype=_stat_dtype(x))
     beta = k * mean + b
     s = x - beta
     out = torch.sign(s)
@@ -199,7 +206,17 @@ def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
 
 
 def _weight_scale(w: Tensor) -> Tensor:
-    return w.abs().mean(tuple(range(1, w.dim())), keepdim=True)
+    """mean|w| over all dims but the first, in one pass (no |w| temporary)."""
+    dims = tuple(range(1, w.dim()))
+    return torch.linalg.vector_norm(w, 1, dims, keepdim=True).div_(w[0].numel())
+
+
+def _clip_grad(grad: Tensor, w: Tensor) -> Tensor:
+    """``grad * 1[|w| <= 1]`` (the clipped STE, boundary included) in one pass: hardtanh's backward passes the
+    gradient on the open interval (lo, hi), here with hi the next representable value above 1 in w's dtype."""
+    one = torch.ones((), dtype=w.dtype)
+    hi = torch.nextafter(one, 2 * one).item()
+    return torch.ops.aten.hardtanh_backward(grad, w, -hi, hi)
 
 
 class _CenteredBinaryWeight(Function):
@@ -344,53 +361,54 @@ def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
 _BLOCK_ELEMENTS = 1 << 20  # elements per cache block of the fused NCHW passes (4 MiB of float32)
 
 
-def _block_rows(rows: int, row_len: int) -> int:
-    """Rows per block of the fused DAB passes. Single-threaded, the chain of elementwise ops runs block by block
-    (about `_BLOCK_ELEMENTS` elements) so that it re-reads cache, not memory; with several threads every op is one
-    parallel region whose synchronisation costs more than cache blocking saves, so the whole tensor is one block."""
-    if torch.get_num_threads() > 1:
+def _block_rows(x: Tensor, rows: int, row_len: int) -> int:
+    """Rows per block of the fused DAB passes. Single-threaded on the CPU, the chain of elementwise ops runs block
+    by block (about `_BLOCK_ELEMENTS` elements) so that it re-reads cache, not memory; with several threads every op
+    is one parallel region whose synchronisation costs more than cache blocking saves, and on an accelerator every
+    op is one kernel launch, so there the whole tensor is one block."""
+    if x.device.type != "cpu" or torch.get_num_threads() > 1:
         return max(rows, 1)
     return min(max(rows, 1), max(1, _BLOCK_ELEMENTS // max(row_len, 1)))
 
 
-def _blocks(rows: int, row_len: int):
+def _blocks(x: Tensor, rows: int, row_len: int):
     """Row ranges of `_block_rows` rows covering ``rows``."""
-    step = _block_rows(rows, row_len)
+    step = _block_rows(x, rows, row_len)
     for start in range(0, rows, step):
         yield start, min(start + step, rows)
 
 
 def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
-    """`_dab_stats` over (2, 3) for a contiguous NCHW tensor, blocked over (sample, channel) rows."""
+    """`_dab_stats` over (2, 3) for a contiguous NCHW tensor, blocked over (sample, channel) rows: four passes over
+    the input (mean; s = x - beta; mean|s|; sign(s) * alpha in place). Statistics and the binary input are in
+    `_stat_dtype` (float32 for a bfloat16 input)."""
     n, c = x.shape[:2]
     xr = x.view(n * c, -1)
     hw = xr.shape[1]
-    mean = xr.mean(1, keepdim=True)
+    mean = xr.mean(1, keepdim=True, dtype=_stat_dtype(x))
     beta = (k.reshape(1, c) * mean.view(n, c) + b.reshape(1, c)).reshape(n * c, 1)
     a_rows = a.reshape(1, c).expand(n, c).reshape(n * c, 1)
-    out = torch.empty_like(xr)
+    out = torch.empty(xr.shape, dtype=mean.dtype, device=x.device)
     mad = torch.empty_like(mean)
     alpha = torch.empty_like(mean)
-    tmp = torch.empty(_block_rows(n * c, hw), hw, dtype=x.dtype, device=x.device)
-    for i, j in _blocks(n * c, hw):
-        o, t = out[i:j], tmp[: j - i]
-        torch.sub(xr[i:j], beta[i:j], out=o)
-        torch.sign(o, out=t)
-        torch.sum(o.mul_(t), 1, keepdim=True, out=mad[i:j])  # s * sign(s) = |s|
+    for i, j in _blocks(x, n * c, hw):
+        o = torch.sub(xr[i:j], beta[i:j], out=out[i:j])
+        torch.linalg.vector_norm(o, 1, dim=1, keepdim=True, out=mad[i:j])
         torch.exp(a_rows[i:j] * (mad[i:j].div_(hw) - 1.0), out=alpha[i:j])
-        torch.mul(t, alpha[i:j], out=o)
+        o.sign_().mul_(alpha[i:j])
     stat = (n, c, 1, 1)
-    return out.view_as(x), mean.view(stat), beta.view(stat), alpha.view(stat), mad.view(stat)
+    return out.view(x.shape), mean.view(stat), beta.view(stat), alpha.view(stat), mad.view(stat)
 
 
 def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
-    """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block."""
+    """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block (in the dtype of
+    the statistics)."""
     xr = x.view(beta.numel(), -1)
     beta_r, alpha_r = beta.view(-1, 1), alpha.view(-1, 1)
-    out = torch.empty_like(xr)
-    for i, j in _blocks(*xr.shape):
+    out = torch.empty(xr.shape, dtype=beta.dtype, device=x.device)
+    for i, j in _blocks(x, *xr.shape):
         torch.sub(xr[i:j], beta_r[i:j], out=out[i:j]).sign_().mul_(alpha_r[i:j])
-    return out.view_as(x)
+    return out.view(x.shape)
 
 
 def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: Tensor, alpha: Tensor, mad: Tensor,
@@ -401,7 +419,7 @@ def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: T
     gr, xbr, xr = gxb.view(rows, -1), xb.view(rows, -1), x.view(rows, -1)
     beta_r, scale = beta.view(-1, 1), (-2.0 * alpha).view(-1, 1)
     sign_dot, per_stat = torch.empty_like(beta_r), torch.empty_like(beta_r)
-    for i, j in _blocks(*gr.shape):
+    for i, j in _blocks(x, *gr.shape):
         g, o = gr[i:j], xbr[i:j]
         if needs[3]:
             torch.sum(o.mul_(g), 1, keepdim=True, out=sign_dot[i:j])
@@ -415,15 +433,65 @@ def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: T
     return gxb, gk, gb, ga
 
 
+def conv_weight(weight: Tensor) -> Tensor:
+    """``gamma * sign(W)`` with ``gamma = mean|W|`` over all dims but the first: the forward value of
+    `binarize_weight` without autograd (the fused units' weight, and the tensor the layers cache in eval mode)."""
+    return torch.sign(weight).mul_(_weight_scale(weight))
+
+
+def compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the fused units convolve in: the autocast dtype of ``x``'s device when autocast is on there
+    (``TRAINING.PRECISION bf16-mixed``), else the weight's dtype (README, "Speed": mixed precision)."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _without_autocast(x: Tensor):
+    """The fused functions choose their dtypes themselves (`compute_dtype`): autocast is off inside them."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _dab_conv_forward(x: Tensor, k: Tensor, b: Tensor, a: Tensor, wb: Tensor, bias: Tensor | None, conv: tuple,
+                      dtype: torch.dtype):
+    """conv(dab(x), wb) + bias in ``dtype``; returns (conv output, mean, beta, alpha, mean|s|)."""
+    xb, mean, beta, alpha, mad = _dab_forward_nchw(x, k, b, a)
+    z = torch.ops.aten.convolution(xb.to(dtype), wb.to(dtype), _cast(bias, dtype), *conv)
+    return z, mean, beta, alpha, mad
+
+
+def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, conv, shapes, needs, dtype):
+    """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
+    Rebuilds the binary input from x; the convolution's backward runs in ``dtype``, the DAB's in the statistics'
+    dtype. dL/dx is returned even when x does not need it (callers add the bypass)."""
+    need_x = any(needs[:4])
+    xb = _dab_input_nchw(x, beta, alpha)
+    gxb, gwb, gbias = torch.ops.aten.convolution_backward(
+        grad_z.to(dtype), xb.to(dtype), conv_weight(weight).to(dtype), bias_shape, *conv,
+        [need_x, needs[4], needs[5]])
+    gw = _clip_grad(gwb.to(weight.dtype), weight) if needs[4] else None
+    gbias = _cast(gbias, weight.dtype)
+    if not need_x:
+        return None, None, None, None, gw, gbias
+    gx, gk, gb, ga = _dab_backward_nchw(gxb.to(xb.dtype).contiguous(), xb, x, mean, beta, alpha, mad, shapes,
+                                        needs[:4])
+    return gx, gk, gb, ga, gw, gbias
+
+
 class _DABConv(Function):
     @staticmethod
-    def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
-        xb, mean, beta, alpha, mad = _dab_forward_nchw(x, k, b, a)
-        wb = torch.sign(weight).mul_(_weight_scale(weight))
-        y = torch.ops.aten.convolution(xb, wb, bias, stride, padding, dilation, transposed, output_padding, groups)
+        conv = (stride, padding, dilation, transposed, output_padding, groups)
+        with _without_autocast(x):
+            y, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, conv_weight(weight), bias, conv, dtype)
         ctx.save_for_backward(x, weight, mean, beta, alpha, mad)
-        ctx.conv = (stride, padding, dilation, transposed, output_padding, groups)
+        ctx.conv, ctx.dtype = conv, dtype
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.shapes = (k.shape, b.shape, a.shape)
         return y
@@ -432,56 +500,70 @@ class _DABConv(Function):
     def backward(ctx, grad: Tensor):
         x, weight, mean, beta, alpha, mad = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        gx, gk, gb, ga, gw, gbias = _dab_conv_backward(grad.contiguous(), x, weight, mean, beta, alpha, mad,
-                                                       ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6])
-        return (gx if needs[0] else None), gk, gb, ga, gw, gbias, *([None] * 6)
+        with _without_autocast(x):
+            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(grad.contiguous(), x, weight, mean, beta, alpha, mad,
+                                                           ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6],
+                                                           ctx.dtype)
+        return _cast(gx, x.dtype) if needs[0] else None, gk, gb, ga, gw, gbias, *([None] * 7)
 
 
-def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, conv, shapes, needs):
-    """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
-    Rebuilds the binary input from x; dL/dx is returned even when x does not need it (callers add the bypass)."""
-    need_x = any(needs[:4])
-    xb = _dab_input_nchw(x, beta, alpha)
-    wb = torch.sign(weight).mul_(_weight_scale(weight))
-    gxb, gwb, gbias = torch.ops.aten.convolution_backward(grad_z, xb, wb, bias_shape, *conv,
-                                                          [need_x, needs[4], needs[5]])
-    gw = gwb.mul_(weight.abs() <= 1.0) if needs[4] else None
-    if not need_x:
-        return None, None, None, None, gw, gbias
-    gx, gk, gb, ga = _dab_backward_nchw(gxb.contiguous(), xb, x, mean, beta, alpha, mad, shapes, needs[:4])
-    return gx, gk, gb, ga, gw, gbias
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_inference(*tensors: Tensor | None) -> None:
+    if _needs_grad(*tensors):
+        raise ValueError("a precomputed binary_weight (evaluation cache) gives no gradients; call without it when "
+                         "gradients are needed")
 
 
 def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None = None,
                stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
-               groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
+               groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0),
+               binary_weight: Tensor | None = None) -> Tensor:
     """``conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias`` as one autograd Function.
 
     Same values and gradients as the composition, but saves only x, the weight and per-(sample,
     channel) statistics: the binary input is rebuilt from x in backward. ``transposed`` selects a transposed
-    convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released).
+    convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released). Under autocast the
+    convolution runs in the autocast dtype and the DAB statistics in float32 (`compute_dtype`).
+    ``binary_weight``: ``conv_weight(weight)`` computed beforehand (the layers' evaluation cache); only where no
+    gradient is needed (ValueError otherwise); the output is bit-identical to the one computed without it.
     """
-    return _DABConv.apply(x, k, b, a, weight, bias, list(stride), list(padding), list(dilation), transposed,
-                          list(output_padding), groups)
+    conv = (list(stride), list(padding), list(dilation), transposed, list(output_padding), groups)
+    dtype = compute_dtype(x, weight)
+    if binary_weight is None:
+        return _DABConv.apply(x, k, b, a, weight, bias, *conv, dtype)
+    _check_inference(x, k, b, a, weight, bias)
+    with _without_autocast(x):
+        return _dab_conv_forward(x.contiguous(), k, b, a, binary_weight, bias, conv, dtype)[0]
+
+
+def _unit_forward(x, k, b, a, wb, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps,
+                  bypass, conv, dtype):
+    """batch_norm(conv(dab(x), wb) + bias) [+ CFB(x)]; returns (output, z, mean, beta, alpha, mad, BN mean, BN
+    inverse std). The one forward of the fused unit, with and without autograd."""
+    z, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, wb, bias, conv, dtype)
+    out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(z, bn_weight, bn_bias, running_mean, running_var,
+                                                                   bn_training, momentum, eps)
+    if bypass:
+        _cfb_into(out, x, accumulate=True)
+    return out, z, mean, beta, alpha, mad, save_mean, save_invstd
 
 
 class _BiDenseUnit(Function):
     @staticmethod
     def forward(ctx, x, k, b, a, weight, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum,
-                eps, bypass, stride, padding, dilation, transposed, output_padding, groups):
+                eps, bypass, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
-        xb, mean, beta, alpha, mad = _dab_forward_nchw(x, k, b, a)
-        wb = torch.sign(weight).mul_(_weight_scale(weight))
         conv = (stride, padding, dilation, transposed, output_padding, groups)
-        z = torch.ops.aten.convolution(xb, wb, bias, *conv)
-        del xb
-        out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(z, bn_weight, bn_bias, running_mean,
-                                                                       running_var, bn_training, momentum, eps)
-        if bypass:
-            _cfb_into(out, x, accumulate=True)
+        with _without_autocast(x):
+            out, z, mean, beta, alpha, mad, save_mean, save_invstd = _unit_forward(
+                x, k, b, a, conv_weight(weight), bias, bn_weight, bn_bias, running_mean, running_var, bn_training,
+                momentum, eps, bypass, conv, dtype)
         stats = (None, None) if bn_training else (running_mean.clone(), running_var.clone())
         ctx.save_for_backward(x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, *stats)
-        ctx.conv, ctx.bn = conv, (bn_training, eps)
+        ctx.conv, ctx.bn, ctx.dtype = conv, (bn_training, eps), dtype
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.shapes, ctx.bypass = (k.shape, b.shape, a.shape), bypass
         return out
@@ -490,34 +572,43 @@ class _BiDenseUnit(Function):
     def backward(ctx, grad: Tensor):
         x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, r_mean, r_var = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad = grad.contiguous()
-        gz, gbn_w, gbn_b = torch.ops.aten.native_batch_norm_backward(
-            grad, z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
-            [True, needs[6], needs[7]])
-        gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, mean, beta, alpha, mad, ctx.bias_shape,
-                                                       ctx.conv, ctx.shapes, needs[:6])
-        del gz
-        rest = (gw, gbias, gbn_w, gbn_b, *([None] * 12))
-        if gx is None:
-            return None, None, None, None, *rest
-        if ctx.bypass:
-            _cfb_transpose(grad, gx, accumulate=True)
-        return (gx if needs[0] else None), gk, gb, ga, *rest
+        with _without_autocast(x):
+            grad = grad.contiguous()
+            gz, gbn_w, gbn_b = torch.ops.aten.native_batch_norm_backward(
+                grad.to(z.dtype), z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
+                [True, needs[6], needs[7]])
+            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, mean, beta, alpha, mad, ctx.bias_shape,
+                                                           ctx.conv, ctx.shapes, needs[:6], ctx.dtype)
+            del gz
+            rest = (gw, gbias, gbn_w, gbn_b, *([None] * 13))
+            if gx is None:
+                return None, None, None, None, *rest
+            if ctx.bypass:
+                _cfb_transpose(grad, gx, accumulate=True)
+        return (_cast(gx, x.dtype) if needs[0] else None), gk, gb, ga, *rest
 
 
 def bidense_conv_bn(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None,
                     bn_weight: Tensor | None, bn_bias: Tensor | None, running_mean: Tensor | None,
                     running_var: Tensor | None, bn_training: bool, momentum: float, eps: float, bypass: bool = True,
                     stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
-                    groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0)) -> Tensor:
+                    groups: int = 1, transposed: bool = False, output_padding: Sequence[int] = (0, 0),
+                    binary_weight: Tensor | None = None) -> Tensor:
     """The whole BiDense unit (BatchNorm after the binary conv, before the bypass, as released) as one autograd
     Function:
     ``batch_norm(conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias) [+ CFB(x, C_out)]``.
 
     ``batch_norm`` follows `torch.nn.functional.batch_norm` (``bn_training`` uses batch statistics and updates the
     running ones with ``momentum``). Saves x, the conv output and per-channel statistics (what a float conv + BN
-    saves); the binary input is rebuilt in backward and the bypass gradient is added in place.
+    saves); the binary input is rebuilt in backward and the bypass gradient is added in place. Under autocast the
+    convolution runs in the autocast dtype, the DAB statistics in float32 and the BatchNorm with float32
+    statistics (`compute_dtype`). ``binary_weight`` as in `dab_conv2d`.
     """
-    return _BiDenseUnit.apply(x, k, b, a, weight, bias, bn_weight, bn_bias, running_mean, running_var, bn_training,
-                              momentum, eps, bypass, list(stride), list(padding), list(dilation), transposed,
-                              list(output_padding), groups)
+    conv = (list(stride), list(padding), list(dilation), transposed, list(output_padding), groups)
+    dtype = compute_dtype(x, weight)
+    args = (bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps, bypass)
+    if binary_weight is None:
+        return _BiDenseUnit.apply(x, k, b, a, weight, bias, *args, *conv, dtype)
+    _check_inference(x, k, b, a, weight, bias, bn_weight, bn_bias)
+    with _without_autocast(x):
+        return _unit_forward(x.contiguous(), k, b, a, binary_weight, bias, *args, conv, dtype)[0]

@@ -22,12 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from binary.counting import BinaryLayer, shape_macs
+from binary.eval_cache import EvalCache
 from binary.functional import (
     add_channel_adaptive_bypass_,
     approx_sign,
     bidense_conv_bn,
     binarize_weight,
     binarize_weight_centered,
+    compute_dtype,
+    conv_weight,
     dab,
     dab_conv2d,
 )
@@ -93,20 +96,34 @@ def _input_binarizer(kind: str, channels: int, dim: int = 1) -> nn.Module:
     raise ValueError(f"unknown input binarizer {kind!r}; available: dab, shift_sign")
 
 
-class BinaryWeightConv2d(BinaryLayer, nn.Conv2d):
+class _BinaryWeightCache(EvalCache):
+    """The binary weight ``binarize_weight(W)`` of a conv / transposed conv, cached in eval mode (`EvalCache`)."""
+
+    weight: Tensor
+
+    def binary_weight(self) -> Tensor:
+        """``binarize_weight(self.weight)``: with autograd in training, the cached constant in eval mode."""
+        return self.eval_cached("binary_weight", lambda: binarize_weight(self.weight), self.weight)
+
+    def fused_weight(self, dtype: torch.dtype) -> Tensor:
+        """``conv_weight(self.weight)`` in ``dtype`` for the fused units' no-gradient path, cached in eval mode."""
+        return self.eval_cached("fused_weight", lambda: conv_weight(self.weight).to(dtype), self.weight, tag=dtype)
+
+
+class BinaryWeightConv2d(_BinaryWeightCache, BinaryLayer, nn.Conv2d):
     """Conv2d with binary weights ``mean|W_o| * sign(W)`` (per output channel, detached; clipped STE;
-    `binary.functional.binarize_weight`). Its input is expected to be binary already (from a `DAB`).
-    Weight init N(0, 1e-3^2), as released."""
+    `binary.functional.binarize_weight`; cached in eval mode). Its input is expected to be binary already (from a
+    `DAB`). Weight init N(0, 1e-3^2), as released."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         nn.init.normal_(self.weight, std=1e-3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, binarize_weight(self.weight), self.bias)
+        return self._conv_forward(x, self.binary_weight(), self.bias)
 
 
-class BinaryWeightConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
+class BinaryWeightConvTranspose2d(_BinaryWeightCache, BinaryLayer, nn.ConvTranspose2d):
     """ConvTranspose2d with binary weights; its input is expected to be binary already. The weight is
     [C_in, C_out/groups, kh, kw] and the scale is mean|w| over dims 1-3, i.e. **per input channel**, as in the
     released code (README, "Where this implementation differs ...", transposed-conv weight scale).
@@ -117,13 +134,13 @@ class BinaryWeightConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
         nn.init.normal_(self.weight, std=1e-3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose2d(x, binarize_weight(self.weight), self.bias, self.stride, self.padding,
+        return F.conv_transpose2d(x, self.binary_weight(), self.bias, self.stride, self.padding,
                                   self.output_padding, self.groups, self.dilation)
 
 
-class BinaryWeightLinear(BinaryLayer, nn.Linear):
-    """Linear layer with row-centred binary weights (`binary.functional.binarize_weight_centered`, as released);
-    its input is expected to be binary already. Weight init N(0, 1e-3^2)."""
+class BinaryWeightLinear(EvalCache, BinaryLayer, nn.Linear):
+    """Linear layer with row-centred binary weights (`binary.functional.binarize_weight_centered`, as released;
+    cached in eval mode); its input is expected to be binary already. Weight init N(0, 1e-3^2)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -132,15 +149,16 @@ class BinaryWeightLinear(BinaryLayer, nn.Linear):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, binarize_weight_centered(self.weight), self.bias)
+        weight = self.eval_cached("binary_weight", lambda: binarize_weight_centered(self.weight), self.weight)
+        return F.linear(x, weight, self.bias)
 
 
-class BinaryConv2d(BinaryLayer, nn.Conv2d):
+class BinaryConv2d(EvalCache, BinaryLayer, nn.Conv2d):
     """Conv2d on a binarized input with binarized weights: ``conv(binarize_input(x), binarize_weight(W)) + bias``,
     every Conv2d argument honoured.
 
     ``input_binarizer`` is a module (its parameters train with the layer, under ``binarize_input``);
-    ``weight_binarizer`` a function of W.
+    ``weight_binarizer`` a function of W (its value is cached in eval mode, `binary.eval_cache`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
@@ -151,12 +169,17 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         self.binarize_weight = weight_binarizer
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.binarize_input(x), self.binarize_weight(self.weight), self.bias)
+        return self._conv_forward(self.binarize_input(x), self.binary_weight(), self.bias)
+
+    def binary_weight(self) -> Tensor:
+        """``binarize_weight(self.weight)``, cached in eval mode."""
+        return self.eval_cached("binary_weight", lambda: self.binarize_weight(self.weight), self.weight)
 
 
-class BinaryConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
+class BinaryConvTranspose2d(EvalCache, BinaryLayer, nn.ConvTranspose2d):
     """ConvTranspose2d on a binarized input with binarized weights (weight [C_in, C_out/g, k, k]):
-    ``conv_transpose(binarize_input(x), binarize_weight(W)) + bias``; arguments as `BinaryConv2d`."""
+    ``conv_transpose(binarize_input(x), binarize_weight(W)) + bias``; arguments as `BinaryConv2d` (weight cached in
+    eval mode)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = False, *, input_binarizer: nn.Module, weight_binarizer: WeightBinarizer) -> None:
@@ -165,8 +188,12 @@ class BinaryConvTranspose2d(BinaryLayer, nn.ConvTranspose2d):
         self.binarize_weight = weight_binarizer
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose2d(self.binarize_input(x), self.binarize_weight(self.weight), self.bias, self.stride,
+        return F.conv_transpose2d(self.binarize_input(x), self.binary_weight(), self.bias, self.stride,
                                   self.padding, self.output_padding, self.groups, self.dilation)
+
+    def binary_weight(self) -> Tensor:
+        """``binarize_weight(self.weight)``, cached in eval mode."""
+        return self.eval_cached("binary_weight", lambda: self.binarize_weight(self.weight), self.weight)
 
 
 class _BiDenseConvUnit(nn.Module):
@@ -190,7 +217,8 @@ class _BiDenseConvUnit(nn.Module):
         if not isinstance(dab_, DAB):
             y = bn(conv(dab_(x)))
         elif type(bn) is not nn.BatchNorm2d:  # e.g. SyncBatchNorm: fuse only the DAB and the conv
-            y = bn(dab_conv2d(x, dab_.k, dab_.b, dab_.a, conv.weight, conv.bias, *self._conv_args()))
+            y = bn(dab_conv2d(x, dab_.k, dab_.b, dab_.a, conv.weight, conv.bias, *self._conv_args(),
+                              binary_weight=self._inference_weight(x)))
         else:
             if self.bypass and x.dim() == 4:
                 _check_same_resolution(x, conv)
@@ -203,8 +231,16 @@ class _BiDenseConvUnit(nn.Module):
             track = not bn.training or bn.track_running_stats
             return bidense_conv_bn(x, dab_.k, dab_.b, dab_.a, conv.weight, conv.bias, bn.weight, bn.bias,
                                    bn.running_mean if track else None, bn.running_var if track else None, training,
-                                   momentum, bn.eps, self.bypass, *self._conv_args())
+                                   momentum, bn.eps, self.bypass, *self._conv_args(),
+                                   binary_weight=self._inference_weight(x))
         return add_channel_adaptive_bypass_(y, x) if self.bypass else y
+
+    def _inference_weight(self, x: Tensor) -> Tensor | None:
+        """The binary weight for the fused functions' no-gradient path (cached in eval mode), or None when a
+        gradient may be needed (the autograd Function binarizes the weight itself)."""
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        return self.conv.fused_weight(compute_dtype(x, self.conv.weight))
 
 
 def _check_same_resolution(x: Tensor, conv: nn.Module) -> None:

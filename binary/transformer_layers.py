@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
+from binary.eval_cache import EvalCache
 from binary.functional import CLIPPED_OPEN, sign_ste
 
 
-class BiViTLinear(BinaryLayer, nn.Linear):
+class BiViTLinear(EvalCache, BinaryLayer, nn.Linear):
     """y = sign(x) @ (s * sign(W - mean_row W))^T + bias, sign with the open clipped STE 1[|.| < 1].
 
     ``learnable_scale=True`` (qkv, proj; the authors' `BinaryLinear_adapscaling`): s is a parameter of shape
@@ -42,10 +43,16 @@ class BiViTLinear(BinaryLayer, nn.Linear):
         self._scale_checked = True
 
     def binary_weight(self) -> torch.Tensor:
-        """The binarized weight s * sign(W - mean_row W) used in the forward pass."""
+        """The binarized weight s * sign(W - mean_row W) used in the forward pass (cached in eval mode,
+        `binary.eval_cache`)."""
+        if not self.learnable_scale:
+            return self.eval_cached("binary_weight", self._binary_weight, self.weight)
+        if not self._scale_checked:
+            self._init_scale()
+        return self.eval_cached("binary_weight", self._binary_weight, self.weight, self.scale)
+
+    def _binary_weight(self) -> torch.Tensor:
         if self.learnable_scale:
-            if not self._scale_checked:
-                self._init_scale()
             scale = self.scale
         else:
             scale = self.weight.detach().abs().mean(dim=1, keepdim=True)

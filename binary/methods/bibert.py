@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
+from binary.eval_cache import EvalCache
 from binary.functional import CLIPPED_OPEN, sign_ste
 from binary.methods.base import ReActDPTDecoder
 from binary.methods.registry import register
@@ -31,11 +32,13 @@ def bibert_weight(w: torch.Tensor) -> torch.Tensor:
     return sign_ste(w - w.mean(dim=1, keepdim=True), scale=w.detach().abs().mean(dim=1, keepdim=True))
 
 
-class BiBERTLinear(BinaryLayer, nn.Linear):
-    """y = sign(x) @ bibert_weight(W)^T + bias, the input sign with the clipped STE 1[|x| <= 1]."""
+class BiBERTLinear(EvalCache, BinaryLayer, nn.Linear):
+    """y = sign(x) @ bibert_weight(W)^T + bias, the input sign with the clipped STE 1[|x| <= 1]; the binary weight
+    is cached in eval mode (`binary.eval_cache`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(sign_ste(x), bibert_weight(self.weight), self.bias)
+        weight = self.eval_cached("binary_weight", lambda: bibert_weight(self.weight), self.weight)
+        return F.linear(sign_ste(x), weight, self.bias)
 
 
 class BiBERTAttention(nn.Module):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binary.counting import BinaryLayer
+from binary.eval_cache import EvalCache
 from binary.layers import LearnableBias
 from binary.methods.base import ReActDPTDecoder
 from binary.methods.registry import register
@@ -120,9 +121,10 @@ def bwn_weight(w: torch.Tensor) -> torch.Tensor:
     return _BWN.apply(w)
 
 
-class BiTLinear(BinaryLayer, nn.Linear):
+class BiTLinear(EvalCache, BinaryLayer, nn.Linear):
     """y = elastic_signed(x + b; input_clip_val) @ bwn_weight(W)^T + bias on (..., in_features) tokens; b per input
-    feature (``move``).  Entries as the authors' layer but for its unused weight step size."""
+    feature (``move``).  Entries as the authors' layer but for its unused weight step size.  The binary weight is
+    cached in eval mode (`binary.eval_cache`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
@@ -135,7 +137,8 @@ class BiTLinear(BinaryLayer, nn.Linear):
         if not self._input_ready:
             _init_if_fresh(self.input_clip_val, x, signed=True)
             self._input_ready = True
-        return F.linear(_ElasticSigned.apply(x, self.input_clip_val), bwn_weight(self.weight), self.bias)
+        weight = self.eval_cached("binary_weight", lambda: bwn_weight(self.weight), self.weight)
+        return F.linear(_ElasticSigned.apply(x, self.input_clip_val), weight, self.bias)
 
 
 class BiTAttention(ElasticSteps):
