@@ -17,7 +17,7 @@ being the slices along dim 0 (output channels; input channels of a transposed co
 * ``centred_sign_centred_mean_abs`` (`binary.layers.BinaryWeightLinear`): ``sign(Wc) * mean|Wc_row|`` with
   ``Wc = W - mean W_row``. Stored: the signs of Wc, ``gamma = mean|Wc_row|``.
 * ``adabin``: ``alpha sign((W - beta) / alpha) + beta`` with ``beta = mean W_row``, ``alpha = std W_row``.
-  Stored: the signs of ``W - beta`` and two latent levels per row (see below).
+  Stored: the signs of ``W - beta`` and four latent levels per row (see below).
 
 Reconstruction. A row of ``n`` weights with signs ``s`` is rebuilt from an integer total ``K`` and the unit
 ``u = ulp(S)`` of the float32 sum ``S = K u`` with ``fl(S / n) = gamma`` (the sum then division of torch's CPU
@@ -26,11 +26,13 @@ magnitudes are positive integers times ``u`` adding up to ``K``: every partial s
 integer times ``u`` below ``2^24 u``, hence exact in float32 in any summation order, so ``mean|L_row|`` is
 ``gamma`` exactly. For the centred codecs the positive and the negative magnitudes each add up to half of ``K``
 (``|sum L_row| <= u``), so the row mean is 0 or a fraction of an ulp that does not change a sign; for
-``centred_sign_centred_mean_abs`` ``K`` must be even so that the row mean is exactly 0 and ``Lc = L``. AdaBin's
+``centred_sign_centred_mean_abs`` ``K`` must be even so that the row mean is exactly 0 and ``Lc = L`` (about
+40% of random rows have no even ``K`` and are kept in float32; no shipped model has such a layer). AdaBin's
 statistics are a mean and a standard deviation that no exact summation pins down: its row is rebuilt from two
-levels ``beta + alpha sqrt(m / p)`` and ``beta - alpha sqrt(p / m)`` (p positive, m negative signs: mean beta and
-standard deviation alpha in exact arithmetic), nudged by a few ulps until this machine's float32 binarization
-equals the original's; the two chosen levels are stored.
+levels ``a`` (positive signs) and ``b`` (negative signs) with mean beta and standard deviation alpha in exact
+arithmetic, two of its elements shifted until this CPU's float32 binarization equals the original's
+(`_adabin_levels`); four levels per row are stored. The AdaBin reconstruction thus depends on the summation order
+of the CPU that packed it, where the other codecs hold in any order.
 
 Every row is checked at packing time: the binarization of the rebuilt row must equal the original's (`torch.equal`
 per row, on this CPU). A row that cannot be rebuilt (a zero sign, an odd ``K`` for the centred-centred codec, an
@@ -215,12 +217,12 @@ def _adabin_rows(signs: Tensor, levels: Tensor) -> Tensor:
     """AdaBin latent rows from signs and four levels per row: ``levels[:, 0]`` for the positive signs,
     ``levels[:, 1]`` for the negative ones, except the first positive (``levels[:, 2]``) and the first negative
     (``levels[:, 3]``) of the row."""
-    pos, neg = signs > 0, signs < 0
+    pos = signs > 0
     latent = torch.where(pos, levels[:, :1], levels[:, 1:2])
-    first_pos = pos & (pos.long().cumsum(1) == 1)
-    first_neg = neg & (neg.long().cumsum(1) == 1)
-    latent = torch.where(first_pos, levels[:, 2:3], latent)
-    return torch.where(first_neg, levels[:, 3:4], latent)
+    index = torch.arange(signs.shape[0])
+    latent[index, pos.byte().argmax(1)] = levels[:, 2]
+    latent[index, (signs < 0).byte().argmax(1)] = levels[:, 3]
+    return latent
 
 
 def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
@@ -228,28 +230,27 @@ def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
     row none fits (a row without both signs, or a search that does not settle).
 
     Start: ``a = beta + alpha sqrt(m / p)``, ``b = beta - alpha sqrt(p / m)`` for every element (mean beta and
-    standard deviation alpha in exact arithmetic). Search: the first positive and the first negative element are
-    shifted by ``(tb + ta) d`` and ``(tb - ta) d`` with ``d = n u / 4`` (u the finer ulp of the two target binary
-    values), which moves the row's beta by about ``tb u / 2`` and its alpha by about ``ta u / 2``; (tb, ta) run
-    over ``[-R, R]^2`` (R = `_ADABIN_REACH`) nearest first, each row keeping the first that fits (the rounding of
-    the row's sums makes the outcome non-monotonic in tb and ta, so the box is searched, not steered).
+    standard deviation alpha in exact arithmetic), with ``beta +- alpha`` the row's two target binary values.
+    Search: the first positive and the first negative element are shifted by ``(tb + ta) d`` and ``(tb - ta) d``
+    with ``d = n u / 4`` (u the finer ulp of the two target binary values), which moves the row's beta by about
+    ``tb u / 2`` and its alpha by about ``ta u / 2``; (tb, ta) run over ``[-R, R]^2`` (R = `_ADABIN_REACH`)
+    nearest first, each row keeping the first that fits (the rounding of the row's sums makes the outcome
+    non-monotonic in tb and ta, so the box is searched, not steered).
     """
-    rows = _rows(w, ADABIN)
-    dims = tuple(range(1, w.dim()))
-    beta = w.mean(dim=dims).reshape(-1, 1).double()
-    alpha = (w - w.mean(dim=dims, keepdim=True)).square().mean(dim=dims).sqrt().reshape(-1, 1).double()
-    n = rows.shape[1]
+    target = _rows(ADABIN.binarize(w), ADABIN)
+    n_rows, n = target.shape
     pos, neg = signs > 0, signs < 0
     p, m = pos.sum(1, keepdim=True).double(), neg.sum(1, keepdim=True).double()
+    index = torch.arange(n_rows)
+    t_hi, t_lo = target[index, pos.float().argmax(1)], target[index, neg.float().argmax(1)]
+    beta = (t_hi.double() + t_lo.double()).view(-1, 1) / 2
+    alpha = (t_hi.double() - t_lo.double()).view(-1, 1) / 2
     a = (beta + alpha * (m / p).sqrt()).float()
     b = (beta - alpha * (p / m).sqrt()).float()
-    target = _rows(ADABIN.binarize(w), ADABIN)
-    index = torch.arange(rows.shape[0])
-    t_hi, t_lo = target[index, pos.float().argmax(1)], target[index, neg.float().argmax(1)]
     inf = torch.full_like(t_hi, float("inf"))
     ulp = torch.minimum(torch.nextafter(t_hi.abs(), inf) - t_hi.abs(), torch.nextafter(t_lo.abs(), inf) - t_lo.abs())
     d = (ulp.double() * n / 4).reshape(-1, 1)
-    levels = torch.full((rows.shape[0], 4), float("nan"))
+    levels = torch.full((n_rows, 4), float("nan"))
     todo = (p > 0).view(-1) & (m > 0).view(-1)
     r = _ADABIN_REACH
     moves = sorted(((tb, ta) for tb in range(-r, r + 1) for ta in range(-r, r + 1)),
@@ -270,7 +271,7 @@ def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
 @torch.no_grad()
 def pack_weight(w: Tensor, codec: Codec) -> dict:
     """One binary weight as a record: ``codec``, ``shape``, ``bits`` (signs > 0, `pack_bits`), ``scale`` (gamma
-    per row; AdaBin: two levels per row; none for ``sign``), and ``float_rows`` / ``float_values``, the rows kept
+    per row; AdaBin: four levels per row; none for ``sign``), and ``float_rows`` / ``float_values``, the rows kept
     in float32 (see the module docstring). Raises ValueError for a weight that is not float32."""
     if w.dtype != torch.float32:
         raise ValueError(f"binary.packing: binary weights must be float32, got {w.dtype}")
