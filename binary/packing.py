@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -112,18 +113,13 @@ def codec_of(module: nn.Module) -> Codec | None:
 
 
 def pack_bits(mask: Tensor) -> Tensor:
-    """A bool tensor as uint8, 8 elements per byte, most significant bit first (numpy.packbits order)."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return (flat * weights).sum(1, dtype=torch.uint8)
+    """A bool tensor as uint8, 8 elements per byte, most significant bit first (`numpy.packbits`)."""
+    return torch.from_numpy(np.packbits(mask.reshape(-1).numpy()))
 
 
 def unpack_bits(bits: Tensor, numel: int) -> Tensor:
     """The first ``numel`` bools packed by `pack_bits`."""
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
-    return ((bits.view(-1, 1) >> shifts) & 1).view(-1)[:numel].bool()
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
 
 
 def _rows(w: Tensor, codec: Codec) -> Tensor:
@@ -183,45 +179,45 @@ def _row_sums(gamma: Tensor, n: int, even: bool) -> tuple[Tensor, Tensor]:
     return found_k.long(), found_u
 
 
-def _spread(group: Tensor, total: Tensor) -> Tensor:
-    """Integer magnitudes for the elements of ``group`` (rows x n, bool) adding up to ``total`` per row:
-    ``total // c`` each, one more for the first ``total % c`` (c the row's group size); 0 outside the group."""
-    count = group.sum(1).clamp(min=1)
+def _spread(index: Tensor, count: Tensor, total: Tensor, u: Tensor) -> Tensor:
+    """Magnitudes for the elements with ``index`` 0, 1, ... of a group of ``count`` elements per row: integers
+    adding up to ``total`` per row (``total // count`` each, one more for the first ``total % count``) times ``u``;
+    exact in float32 (integers below 2^24 times a power of two)."""
+    count = count.clamp(min=1)
     q, r = total // count, total % count
-    index = group.long().cumsum(1) - 1
-    return torch.where(group, q[:, None] + (index < r[:, None]).long(), 0)
+    low, high = (q * u).float()[:, None], ((q + 1) * u).float()[:, None]
+    return torch.where(index < r[:, None], high, low)
 
 
-def _rebuild_rows(codec: Codec, signs: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """(latent rows, rows that can be rebuilt) from signs (rows x n in {-1, 1}) and the stored floats per row."""
-    n = signs.shape[1]
-    pos, neg = signs > 0, signs < 0
+def _rebuild_rows(codec: Codec, pos: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(latent rows, rows that can be rebuilt) from the positive-sign mask (rows x n; the other signs negative)
+    and the stored floats per row."""
+    n_rows, n = pos.shape
     if codec is SIGN:
-        return signs.float(), torch.ones(signs.shape[0], dtype=torch.bool)
+        return torch.where(pos, 1.0, -1.0), torch.ones(n_rows, dtype=torch.bool)
     if codec is ADABIN:
-        return _adabin_rows(signs, scale), torch.ones(signs.shape[0], dtype=torch.bool)
+        return _adabin_rows(pos, scale), torch.ones(n_rows, dtype=torch.bool)
     k, u = _row_sums(scale, n, even=codec is CENTRED_CENTRED)
     if codec is SIGN_MEAN_ABS:
-        magnitude = _spread(pos | neg, k)
-        fits = k >= n
-    else:
-        half = k // 2
-        magnitude = _spread(pos, half) + _spread(neg, k - half)
-        fits = (half >= pos.sum(1)) & (k - half >= neg.sum(1)) & pos.any(1) & neg.any(1)
-    fits &= k > 0
-    latent = (signs.double() * magnitude.double() * u[:, None]).float()
-    return latent, fits
+        magnitude = _spread(torch.arange(n), torch.full_like(k, n), k, u)
+        return torch.where(pos, magnitude, -magnitude), (k >= n) & (k > 0)
+    before = pos.to(torch.int32).cumsum(1, dtype=torch.int32)
+    p = before[:, -1].long()
+    half = k // 2
+    up = _spread(before - 1, p, half, u)
+    down = _spread(torch.arange(1, n + 1, dtype=torch.int32) - before - 1, n - p, k - half, u)
+    fits = (half >= p) & (k - half >= n - p) & (p > 0) & (p < n) & (k > 0)
+    return torch.where(pos, up, down.neg_()), fits
 
 
-def _adabin_rows(signs: Tensor, levels: Tensor) -> Tensor:
-    """AdaBin latent rows from signs and four levels per row: ``levels[:, 0]`` for the positive signs,
-    ``levels[:, 1]`` for the negative ones, except the first positive (``levels[:, 2]``) and the first negative
-    (``levels[:, 3]``) of the row."""
-    pos = signs > 0
+def _adabin_rows(pos: Tensor, levels: Tensor) -> Tensor:
+    """AdaBin latent rows from the positive-sign mask and four levels per row: ``levels[:, 0]`` for the positive
+    signs, ``levels[:, 1]`` for the negative ones, except the first positive (``levels[:, 2]``) and the first
+    negative (``levels[:, 3]``) of the row."""
     latent = torch.where(pos, levels[:, :1], levels[:, 1:2])
-    index = torch.arange(signs.shape[0])
+    index = torch.arange(pos.shape[0])
     latent[index, pos.byte().argmax(1)] = levels[:, 2]
-    latent[index, (signs < 0).byte().argmax(1)] = levels[:, 3]
+    latent[index, (~pos).byte().argmax(1)] = levels[:, 3]
     return latent
 
 
@@ -261,7 +257,7 @@ def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
             break
         cand = torch.cat([a[live], b[live], (a[live] + (tb + ta) * d[live]).float(),
                           (b[live] + (tb - ta) * d[live]).float()], 1)
-        out = _rows(ADABIN.binarize(_adabin_rows(signs[live], cand).reshape(-1, *w.shape[1:])), ADABIN)
+        out = _rows(ADABIN.binarize(_adabin_rows(pos[live], cand).reshape(-1, *w.shape[1:])), ADABIN)
         ok = (out == target[live]).all(1)
         levels[live[ok]] = cand[ok]
         todo[live[ok]] = False
@@ -284,7 +280,7 @@ def pack_weight(w: Tensor, codec: Codec) -> dict:
         scale = torch.zeros(signs.shape[0])
     else:
         scale = _row_scale(w, codec)
-    latent, fits = _rebuild_rows(codec, signs, scale)
+    latent, fits = _rebuild_rows(codec, signs > 0, scale)
     latent = latent.reshape(w.shape)
     same = (_rows(codec.binarize(latent), codec) == _rows(codec.binarize(w), codec)).all(1)
     keep = ~(fits & same & (signs != 0).all(1))
@@ -301,9 +297,8 @@ def unpack_weight(record: dict) -> Tensor:
     shape = torch.Size(record["shape"])
     numel = shape.numel()
     n_rows = 1 if codec.whole else shape[0]
-    signs = unpack_bits(record["bits"], numel).view(n_rows, -1).float() * 2 - 1
-    scale = record.get("scale", torch.zeros(n_rows))
-    latent, _ = _rebuild_rows(codec, signs, scale)
+    pos = unpack_bits(record["bits"], numel).view(n_rows, -1)
+    latent, _ = _rebuild_rows(codec, pos, record.get("scale", torch.zeros(n_rows)))
     latent[record["float_rows"]] = record["float_values"]
     return latent.reshape(shape)
 

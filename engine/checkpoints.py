@@ -24,6 +24,7 @@ from yacs.config import CfgNode
 
 from configs.loading import ConfigError
 from engine.errors import CheckpointWriteError, first_line
+from models.pack import checkpoint_from_packed, is_packed
 
 CONFIG_KEY = "bidense_config"
 # Keys that may differ on --resume: where things are, how many workers load them, when this invocation stops
@@ -118,7 +119,11 @@ def _leaves(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
             yield f"{prefix}{key}", value
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict, or ConfigError naming the file (missing, unreadable, not a checkpoint)."""
+    """A Lightning checkpoint as a dict, or ConfigError naming the file (missing, unreadable, not a checkpoint).
+
+    A packed 1-bit file of ``python -m models.pack`` (recognised by its format marker, whatever its name) loads as
+    ``{"format", "state_dict", "hyper_parameters", "epoch"}`` with the weights rebuilt (README, "Packed 1-bit
+    checkpoints")."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found")
@@ -126,6 +131,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise ConfigError(f"checkpoint {path} cannot be loaded: {type(err).__name__}: {first_line(err)}") from err
+    if is_packed(ckpt):
+        return checkpoint_from_packed(ckpt, path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
     return ckpt

@@ -24,6 +24,7 @@ from engine.checkpoints import check_checkpoint_matches, check_resume_config, lo
 from engine.cli import Devices, parse_gpus
 from engine.trainer import build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods
+from models.pack import is_packed
 
 
 class TaskModule(Protocol):
@@ -50,6 +51,9 @@ def fit(args: argparse.Namespace, task: str, module_cls: type[TaskModule]) -> Pa
     ckpt = load_checkpoint(start) if start else None
     if ckpt is not None:
         check_checkpoint_matches(ckpt, start, module_cls.identity(cfg))
+    if args.resume and is_packed(ckpt):
+        raise ConfigError(f"--resume {args.resume} is a packed 1-bit file (weights only); resume from a full "
+                          "checkpoint (last.ckpt), or start from its weights with --weights")
     if args.resume:
         changes = check_resume_config(ckpt, args.resume, cfg, args.allow_config_change)
         if changes and rank_zero_only.rank == 0:
