@@ -6,9 +6,10 @@ entry (float parameters and buffers, integer and bool buffers) is stored as it i
 weight ``L`` whose binarization equals that of W bit for bit (float32), so a model loaded from the unpacked state
 computes what the original computes (README, "Packed 1-bit checkpoints").
 
-The forward pass never reads W itself, only its binarization, which each method computes from W
-(arXiv 2411.10346, Sec. 3 for BiDense's weights; the baselines' papers for theirs). One codec per binarizer, rows
-being the slices along dim 0 (output channels; input channels of a transposed conv, as its scale is taken):
+The forward pass never reads W itself, only its binarization, which each method computes from W (BiDense,
+arXiv 2411.10346, binarizes weights as its released code does: `binary.functional.binarize_weight`, XNOR-Net's
+scale; the baselines as in `binary.methods`). One codec per binarizer, rows being the slices along dim 0 (output
+channels; input channels of a transposed conv, as its scale is taken):
 
 * ``sign_mean_abs`` (BiDense, ReActNet, BiSRNet): ``sign(W) * mean|W_row|``. Stored: signs, ``gamma`` per row.
 * ``sign`` (BNN): ``sign(W)``. Stored: signs.
@@ -221,9 +222,10 @@ def _adabin_rows(pos: Tensor, levels: Tensor) -> Tensor:
     return latent
 
 
-def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
-    """Four levels per row (`_adabin_rows`) whose AdaBin binarization on this CPU equals that of ``w``; NaN for a
-    row none fits (a row without both signs, or a search that does not settle).
+def _adabin_levels(shape: torch.Size, pos: Tensor, target: Tensor) -> Tensor:
+    """Four levels per row (`_adabin_rows`) whose AdaBin binarization on this CPU equals ``target`` (rows x n, the
+    binary weight of a weight of ``shape`` with positive signs at ``pos``); NaN for a row none fits (a row without
+    both signs, or a search that does not settle).
 
     Start: ``a = beta + alpha sqrt(m / p)``, ``b = beta - alpha sqrt(p / m)`` for every element (mean beta and
     standard deviation alpha in exact arithmetic), with ``beta +- alpha`` the row's two target binary values.
@@ -233,9 +235,8 @@ def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
     nearest first, each row keeping the first that fits (the rounding of the row's sums makes the outcome
     non-monotonic in tb and ta, so the box is searched, not steered).
     """
-    target = _rows(ADABIN.binarize(w), ADABIN)
     n_rows, n = target.shape
-    pos, neg = signs > 0, signs < 0
+    neg = ~pos
     p, m = pos.sum(1, keepdim=True).double(), neg.sum(1, keepdim=True).double()
     index = torch.arange(n_rows)
     t_hi, t_lo = target[index, pos.float().argmax(1)], target[index, neg.float().argmax(1)]
@@ -257,7 +258,7 @@ def _adabin_levels(w: Tensor, signs: Tensor) -> Tensor:
             break
         cand = torch.cat([a[live], b[live], (a[live] + (tb + ta) * d[live]).float(),
                           (b[live] + (tb - ta) * d[live]).float()], 1)
-        out = _rows(ADABIN.binarize(_adabin_rows(pos[live], cand).reshape(-1, *w.shape[1:])), ADABIN)
+        out = _rows(ADABIN.binarize(_adabin_rows(pos[live], cand).reshape(-1, *shape[1:])), ADABIN)
         ok = (out == target[live]).all(1)
         levels[live[ok]] = cand[ok]
         todo[live[ok]] = False
@@ -272,18 +273,18 @@ def pack_weight(w: Tensor, codec: Codec) -> dict:
     if w.dtype != torch.float32:
         raise ValueError(f"binary.packing: binary weights must be float32, got {w.dtype}")
     w = w.detach().cpu().contiguous()
-    signs = _signs(w, codec)
-    record: dict = {"codec": codec.name, "shape": list(w.shape), "bits": pack_bits(signs > 0)}
+    pos = _signs(w, codec) > 0
+    target = _rows(codec.binarize(w), codec)
+    record: dict = {"codec": codec.name, "shape": list(w.shape), "bits": pack_bits(pos)}
     if codec is ADABIN:
-        scale = _adabin_levels(w, signs)
+        scale = _adabin_levels(w.shape, pos, target)
     elif codec is SIGN:
-        scale = torch.zeros(signs.shape[0])
+        scale = torch.zeros(pos.shape[0])
     else:
         scale = _row_scale(w, codec)
-    latent, fits = _rebuild_rows(codec, signs > 0, scale)
-    latent = latent.reshape(w.shape)
-    same = (_rows(codec.binarize(latent), codec) == _rows(codec.binarize(w), codec)).all(1)
-    keep = ~(fits & same & (signs != 0).all(1))
+    latent, fits = _rebuild_rows(codec, pos, scale)
+    # A zero sign (in {-1, 0, 1}) is stored as negative, so its row's binarization differs and is kept in float32.
+    keep = ~(fits & (_rows(codec.binarize(latent.reshape(w.shape)), codec) == target).all(1))
     if codec is not SIGN:
         record["scale"] = torch.nan_to_num(scale, nan=0.0)
     record["float_rows"] = keep.nonzero().view(-1)
