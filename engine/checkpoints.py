@@ -35,6 +35,7 @@ from yacs.config import CfgNode
 
 from configs.loading import ConfigError
 from engine.errors import CheckpointWriteError, first_line
+from models.pack import checkpoint_from_packed, is_packed
 
 CONFIG_KEY = "bidense_config"
 # Keys that may differ on --resume: where things are, how many workers load them, when this invocation stops,
@@ -212,6 +213,10 @@ def load_checkpoint(path: str | Path, *, lightning: bool = True, allowed_globals
         allowed_globals: further types the file may contain.
         what: how the file is named in the messages ("checkpoint", "MODEL.PRETRAINED file", ...).
 
+    With ``lightning``, a packed 1-bit file of ``python -m models.pack`` (recognised by its format marker, whatever
+    its name) loads as ``{"format", "state_dict", "hyper_parameters", "epoch"}`` with the weights rebuilt (README,
+    "Packed 1-bit checkpoints").
+
     Raises:
         ConfigError: one line naming the file: missing, not loadable, needing a type outside the allowed set
             (named), or not a checkpoint.
@@ -234,6 +239,8 @@ def load_checkpoint(path: str | Path, *, lightning: bool = True, allowed_globals
         raise ConfigError(f"{what} {path} cannot be loaded: {type(err).__name__}: {first_line(err)}") from err
     if not isinstance(ckpt, dict):
         raise ConfigError(f"{what} {path} holds a {type(ckpt).__name__}, not a dict")
+    if lightning and is_packed(ckpt):
+        return checkpoint_from_packed(ckpt, path)
     if lightning and "state_dict" not in ckpt:
         raise ConfigError(f"{what} {path} is not a Lightning checkpoint (no state_dict)")
     return ckpt

@@ -177,6 +177,27 @@ def test_test_script_writes_json_and_ddp_matches_one_process(trained):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
 
+def test_packed_checkpoint_evaluates_like_the_ckpt(trained):
+    """train -> python -m models.pack -> test_segmentation.py: the packed file gives the .ckpt's metrics exactly;
+    --resume refuses it in one line."""
+    ckpt = trained["b"] / "checkpoints" / "last.ckpt"
+    packed = trained["b"] / "checkpoints" / "last-1bit.pt"  # any name: the format marker identifies the file
+    proc = subprocess.run([sys.executable, "-m", "models.pack", str(ckpt), str(packed)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert packed.stat().st_size * 10 < ckpt.stat().st_size
+    args = [SEG_DEMO, *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0",
+            "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
+    run("test_segmentation.py", args[0], str(ckpt), *args[1:], OMP_NUM_THREADS="1")
+    run("test_segmentation.py", args[0], str(packed), *args[1:], OMP_NUM_THREADS="1")
+    from_ckpt = json.loads(ckpt.with_name("last.test.json").read_text())
+    from_packed = json.loads(packed.with_name("last-1bit.test.json").read_text())
+    assert from_packed["metrics"] == from_ckpt["metrics"] and from_packed["epoch"] == from_ckpt["epoch"]
+    line = one_line_error(run("train_segmentation.py", SEG_DEMO, *tiny(trained["data"], trained["out"]),
+                              "--resume", str(packed), expect_ok=False))
+    assert "is a packed 1-bit file" in line and str(packed) in line
+
+
 def test_checkpoint_for_another_model_is_refused(trained):
     ckpt = trained["a"] / "checkpoints" / "last.ckpt"
     proc = run("test_segmentation.py", SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]),
