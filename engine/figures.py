@@ -210,7 +210,7 @@ def complexity_figure(rows: Sequence[dict], bar_width: int = 260) -> Image.Image
     shapes = sorted({"x".join(str(s) for s in row["input_shape"]) for row in rows})
     label_font, value_font, title_font = font(13), font(12), font(15)
     line, label_w, value_w = 18, 80, 70
-    panels = (("params_k", "Params (K)", "{:,.1f}"), ("ops_g", "OPs (G)", "{:,.2f}"))
+    panels = (("params_k", "Params (K, strict count)", "{:,.1f}"), ("ops_g", "OPs (G)", "{:,.2f}"))
     tops = {key: max(row[key] for row in rows) or 1.0 for key, _, _ in panels}
     lines: list[tuple[str, dict | None]] = []
     model = None
@@ -272,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     comp.add_argument("out", type=Path, help="the figure (.png, .jpg)")
     comp.add_argument("configs", nargs="*", type=Path, help=f"configs to count (default {DEFAULT_COMPLEXITY_CONFIGS})")
     comp.add_argument("--counts", type=Path, help="models.summary --json lines to draw instead of counting")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.figure != "predictions" or any(a.startswith("-") for a in extra)):
+        parser.exit(1, f"error: unrecognized arguments: {' '.join(extra)}\n")
+    overrides = [*getattr(args, "overrides", []), *extra]  # KEY VALUE pairs may also follow the options
 
     from configs.loading import ConfigError
     from datasets import DataError
@@ -283,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.figure == "predictions":
             if args.n < 1 or args.height < 8:
                 parser.exit(1, f"error: --n must be >= 1 and --height >= 8 (got {args.n}, {args.height})\n")
-            figure = prediction_figure(args.config, args.checkpoint, args.overrides, args.n, args.height)
+            figure = prediction_figure(args.config, args.checkpoint, overrides, args.n, args.height)
         else:
             if args.counts:
                 rows = read_counts(args.counts)
