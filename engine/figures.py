@@ -145,14 +145,18 @@ def prediction_figure(config: str | Path, checkpoint: str | Path, overrides: Seq
     return compose_grid(rows, headers, title)
 
 
-def count_rows(configs: Sequence[str | Path]) -> list[dict]:
+def count_rows(configs: Sequence[str | Path], save: Path | None = None) -> list[dict]:
     """`models.summary.summarize` of each config at its evaluation input, with ``config`` added, as
-    ``python -m models.summary CONFIG --json`` prints it; one progress line per config on stderr."""
+    ``python -m models.summary CONFIG --json`` prints it; one progress line per config on stderr. With ``save``,
+    each row is also written to that file as one JSON line as soon as it is counted (the file is replaced)."""
     from configs.loading import load_config
     from engine.run import evaluation_input
     from models.summary import _task_of, summarize
 
     rows = []
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text("")
     for config in configs:
         task = _task_of(Path(config))
         cfg = load_config(task, config)
@@ -165,6 +169,9 @@ def count_rows(configs: Sequence[str | Path]) -> list[dict]:
         row["config"] = str(config)
         print(f"counted {config} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         rows.append(row)
+        if save is not None:
+            with save.open("a") as file:
+                file.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -272,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     comp.add_argument("out", type=Path, help="the figure (.png, .jpg)")
     comp.add_argument("configs", nargs="*", type=Path, help=f"configs to count (default {DEFAULT_COMPLEXITY_CONFIGS})")
     comp.add_argument("--counts", type=Path, help="models.summary --json lines to draw instead of counting")
+    comp.add_argument("--save-counts", type=Path, help="write the counted rows there (JSON lines, for --counts)")
     args, extra = parser.parse_known_args(argv)
     if extra and (args.figure != "predictions" or any(a.startswith("-") for a in extra)):
         parser.exit(1, f"error: unrecognized arguments: {' '.join(extra)}\n")
@@ -292,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows = read_counts(args.counts)
             else:
                 configs = args.configs or sorted(REPO.glob(DEFAULT_COMPLEXITY_CONFIGS))
-                rows = count_rows(configs)
+                rows = count_rows(configs, args.save_counts)
             figure = complexity_figure(rows)
         out = save(figure, args.out)
     except (ConfigError, DataError, RunFault, ValueError, OSError) as err:
