@@ -100,7 +100,8 @@ def evaluation_pairs(cfg, task: str, n: int) -> list[tuple[np.ndarray, np.ndarra
     dataset = datamodule.make_val()
     dataset.transform = lambda image, target: (image, target)
     count = len(dataset)
-    picks = sorted({round(i * (count - 1) / max(n - 1, 1)) for i in range(min(n, count))})
+    k = min(n, count)
+    picks = [round(i * (count - 1) / max(k - 1, 1)) for i in range(k)]
     return [dataset[i] for i in picks]
 
 
