@@ -10,7 +10,7 @@ SILOG_EPS = 1e-12
 
 
 def silog_loss(pred: Tensor, target: Tensor, variance_focus: float = 0.85, min_depth: float = 0.1) -> Tensor:
-    """Scale-invariant log loss (PAPER.md 3.3), the training loss of every depth model.
+    """Scale-invariant log loss (README, Training recipe), the training loss of every depth model.
 
     Over the valid pixels ``target > min_depth`` (0.1 m for NYUv2, 1.0 m for KITTI: pass it; the default is
     NYUv2's)::

@@ -1,10 +1,10 @@
 """DPT (Ranftl et al., "Vision Transformers for Dense Prediction", arXiv 2103.13413) on DINOv2 ViT-S/14, defined
-once; a binarization `Method` supplies every layer it changes (PAPER.md 1.4, 1.5, 1.7).
+once; a binarization `Method` supplies every layer it changes (the CFB and BiDense units of the paper's method section).
 
 Data flow, for an input of size H x W:
 
     x  <- resize(x, (H // 28 * 2) * 14, (W // 28 * 2) * 14)          (bilinear, no antialias; grid g = even)
-    f_i = LN(block_{8+i}(...)) reshaped to (B, 384, g_h, g_w), i = 1..4   (the LAST four blocks, PAPER 6.15)
+    f_i = LN(block_{8+i}(...)) reshaped to (B, 384, g_h, g_w), i = 1..4   (the LAST four blocks, as released)
     l_i = resize_i( project_i(f_i) ),  project_i: 1x1 384 -> [48, 96, 192, 384][i]
           resize_1 = up x4, resize_2 = up x2, resize_3 = identity, resize_4 = down /2 (3x3, stride 2)
     r_i = layer_rn_i(l_i)                                      3x3 conv to 256 features
@@ -16,7 +16,7 @@ code resizes with torchvision's ``resize``, whose tensor default in its environm
 is ``antialias=False`` (README, "Deviations from the released code").  The residual conv unit (RCU) is
 
 * ``method.bypass`` (BiDense, CFB):  ``conv_b(act(conv_a(act(x))))`` with act = ``method.act(256, "rcu")`` and
-  conv units that carry the full-precision bypass, so no explicit ``+ x`` (PAPER.md 1.5);
+  conv units that carry the full-precision bypass, so no explicit ``+ x`` (as released);
 * other binary methods (the ViT baselines' ReActNet decoder, as released): ``y = shift_a(x)``,
   ``y = y + conv_a(act(y))``, ``y = shift_b(y)``, ``y + conv_b(act(y))`` (a shortcut around each binary conv unit
   that carries the shifted input; ``shift = method.rcu_shift``, a LearnableBias, ``act`` ReLU);
@@ -25,7 +25,7 @@ is ``antialias=False`` (README, "Deviations from the released code").  The resid
   before adding it, so the shortcut carries ``ReLU(x)``, not ``x``; that is what the released models computed.
 
 With a binary method the projections, resamplings, ``layer_rn``, RCUs and ``output_conv1`` are the method's conv
-units (``up``/``down`` carry the resampling bypass for BiDense, PAPER.md 1.4).  The float methods use the plain
+units (``up``/``down`` carry the resampling bypass for BiDense, the paper's CFB).  The float methods use the plain
 convolutions of the released float DPT: biased projections, resamplings and ``output_conv1``, bias-free
 ``layer_rn``, no BatchNorm outside the RCUs, except that `fp32_0` (the float model trained from scratch) adds one
 BatchNorm after ``output_conv1`` (and its depth head one after its 3x3 conv, `models.heads`): 18 BatchNorm layers

@@ -1,4 +1,4 @@
-"""UPerNet (Xiao et al., ECCV 2018) on ConvNeXt-T, defined once for every binarization method (PAPER.md 1.5, 1.7).
+"""UPerNet (Xiao et al., ECCV 2018) on ConvNeXt-T, defined once for every binarization method (as released).
 
 Decoder, with ``fpn_out = dims[0] = 96`` and ``features = 256``:
 

@@ -1,15 +1,15 @@
 """ConvNeXt-T (Liu et al., "A ConvNet for the 2020s", CVPR 2022), defined once for every binarization method.
 
-The method (PAPER.md 1.5-1.7) chooses the variant through its flags, never its name:
+The method (the released architectures; README, deviations) chooses the variant through its flags, never its name:
 
 * ``method.standard`` (``fp32``, the paper's "ConvNeXt*" rows): the official ConvNeXt-T.  Stem conv 4x4/4 then
   LayerNorm; transitions LayerNorm then conv 2x2/2; block
   ``x + drop_path(gamma * pw2(GELU(pw1(LN(dw7x7(x))))))`` with layer scale ``gamma`` initialised to 1e-6.
   Module names follow the official release, so ``convnext_tiny_1k_224_ema.pth`` loads as is.
-* ``method.bypass`` (``bidense``, ``cfb``): the released BiDense backbone, PAPER 1.5.  Block
+* ``method.bypass`` (``bidense``, ``cfb``): the released BiDense backbone, as released.  Block
   ``pw2(act(pw1(dw(x))))`` of conv units; every residual path is the full-precision bypass inside each unit
   (no LayerNorm, GELU, layer scale or block residual).
-* otherwise (``fp32_0`` and the CNN baselines, PAPER 1.7 and 4): the BatchNorm mirror,
+* otherwise (``fp32_0`` and the CNN baselines, as released): the BatchNorm mirror,
   ``y = x + dw(x)``, block output ``x + drop_path(pw2(act(pw1(y))))``.
 
 For the two non-standard variants the stem is a full-precision conv 4x4/4 + BatchNorm2d and the transitions are
@@ -58,7 +58,7 @@ class ConvNeXtBlock(nn.Module):
 
 
 class UnitBlock(nn.Module):
-    """ConvNeXt block built from the method's conv units (PAPER 1.5 and 4).
+    """ConvNeXt block built from the method's conv units (as released).
 
     With ``method.bypass``: ``pw2(act(pw1(dw(x))))``, the units carrying the residual paths.
     Without: ``y = x + dw(x)``, output ``x + drop_path(pw2(act(pw1(y))))``.

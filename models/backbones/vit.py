@@ -1,18 +1,18 @@
 """DINOv2 ViT-S/14 (Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", arXiv 2304.07193),
 defined once; a binarization `Method` supplies its linear layers, attention core and MLP nonlinearity.
 
-Block (pre-norm, layer scale; PAPER.md 1.7):
+Block (pre-norm, layer scale; as released):
 
     x = x + ls1 * proj( attention( qkv( LN1(x) ) ) )
     x = x + ls2 * fc2( act( fc1( LN2(x) ) ) )
 
 ``qkv``, ``proj``, ``fc1``, ``fc2`` come from ``method.linear`` (roles "qkv", "proj", "fc1", "fc2"), the attention
 core from ``method.attention`` and ``act`` from ``method.vit_act``.  The patch embedding (Conv2d 14x14, stride 14),
-LayerNorms (eps 1e-6), position embedding, cls token and LayerScale stay full precision (PAPER.md 1.6).  With
+LayerNorms (eps 1e-6), position embedding, cls token and LayerScale stay full precision (as released).  With
 `fp32` / `fp32_0` every layer is the official float one and the state-dict keys are exactly those of the official
 ``dinov2_vits14_pretrain.pth`` (cls_token, pos_embed, mask_token, patch_embed.proj.*, blocks.N.{norm1, attn.qkv,
 attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}, norm.*), which `VisionTransformer.load_pretrained` loads
-from a local path.  With `bidense` / `bivit` the blocks are the BiViT-binarised ones (PAPER.md 4 and 6.2).
+from a local path.  With `bidense` / `bivit` the blocks are the BiViT-binarised ones (as released; README, deviations).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class VisionTransformer(nn.Module):
 
 
 def dinov2_vits14(method: Method, pretrained: str | Path | None = None, img_size: int = 518) -> VisionTransformer:
-    """DINOv2 ViT-S/14 (embed 384, depth 12, heads 6, MLP ratio 4, LayerScale 1.0, img 518; PAPER.md 1.7)
+    """DINOv2 ViT-S/14 (embed 384, depth 12, heads 6, MLP ratio 4, LayerScale 1.0, img 518; as released)
     built from ``method``'s layers, loading the official checkpoint at ``pretrained`` when given."""
     model = VisionTransformer(method, img_size=img_size)
     if pretrained is not None:
