@@ -18,7 +18,6 @@ output channels, 1x1 kernels, depthwise) those passes alone exceed the 15 % marg
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import ctypes.util
 import statistics
@@ -28,6 +27,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks.common import CLOCKS, autocast, saved_bytes, sync
 from binary.functional import _dab_backward_nchw, _dab_forward_nchw, _dab_input_nchw
 from binary.layers import BiDenseConv2d, BypassDown
 
@@ -73,37 +73,13 @@ def float_unit(c_in: int, c_out: int, k: int, s: int, p: int, g: int) -> nn.Modu
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, p, groups=g, bias=False), nn.BatchNorm2d(c_out))
 
 
-def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the unique non-parameter storages that autograd keeps for one forward of ``module``."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
-    del out
-    return sum(storages.values())
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter  # set by --clock
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of Lightning's ``precision`` ("32": none; "bf16-mixed": bfloat16)."""
-    if precision == "32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def step_times(modules: list, x: torch.Tensor, reps: int, precision: str = "32") -> tuple[list[float], list[int]]:
@@ -119,13 +95,13 @@ def step_times(modules: list, x: torch.Tensor, reps: int, precision: str = "32")
                 module.zero_grad(set_to_none=True)
             if x.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(x.device)
-            _sync(x.device)
+            sync(x.device)
             start = clock()
             with autocast(x.device, precision):
                 out = module(x)
             if out is not None:
                 out.backward(torch.ones_like(out))
-            _sync(x.device)
+            sync(x.device)
             if i >= 2:
                 bucket.append(clock() - start)
                 if x.device.type == "cuda":

@@ -18,7 +18,6 @@ bytes of the evaluation cache.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -28,65 +27,42 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from benchmarks.common import CLOCKS, autocast, saved_bytes, sync
 
 NUM_CLASSES = 151
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter  # set by --clock
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of Lightning's ``precision`` ("32": none; "bf16-mixed": bfloat16)."""
-    if precision == "32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                precision: str) -> float:
     """Seconds for forward, cross-entropy, backward and one optimizer step."""
-    _sync(images.device)
+    sync(images.device)
     start = clock()
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
         loss = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
-    _sync(images.device)
+    sync(images.device)
     return clock() - start
 
 
 def eval_step(model: nn.Module, images: torch.Tensor, precision: str) -> float:
     """Seconds for one forward in eval mode under inference mode."""
-    _sync(images.device)
+    sync(images.device)
     start = clock()
     with torch.inference_mode(), autocast(images.device, precision):
         model(images)
-    _sync(images.device)
+    sync(images.device)
     return clock() - start
 
 
-def saved_bytes(model: nn.Module, images: torch.Tensor, precision: str) -> int:
-    """Bytes of the unique non-parameter storages autograd keeps for one training forward."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(images.device, precision):
-        out = model(images)
-    del out
-    return sum(storages.values())
 
 
 def cache_bytes(model: nn.Module) -> int:

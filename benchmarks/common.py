@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: clocks, device synchronisation, the autocast of a precision, saved bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch import nn
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of Lightning's ``precision`` ("32": none; "bf16-mixed": bfloat16)."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor, precision: str = "32") -> int:
+    """Bytes of the unique non-parameter storages that autograd keeps for one training forward of ``module``."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(x.device, precision):
+        out = module(x)
+    del out
+    return sum(storages.values())
