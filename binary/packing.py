@@ -43,7 +43,8 @@ AdaBin row no nudge fits) is stored as float32 instead, and counted in the recor
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -70,11 +71,13 @@ _ADABIN_REACH = 4  # AdaBin search: shifts tried on each side, in steps of about
 @dataclass(frozen=True)
 class Codec:
     """How one weight binarizer is stored: ``binarize`` is the forward pass's W -> binary weight (used to check
-    every rebuilt row); ``whole`` is True when its statistics run over the whole tensor (BiT), not per row."""
+    every rebuilt row); ``whole`` is True when its statistics run over the whole tensor (BiT), not per row;
+    ``groups`` is AdaBin's divisor of a depthwise weight's variance (``groups * n``, `adabin_weight`)."""
 
     name: str
     binarize: Callable[[Tensor], Tensor]
     whole: bool = False
+    groups: int = 1
 
 
 SIGN_MEAN_ABS = Codec("sign_mean_abs", binarize_weight)
@@ -102,12 +105,13 @@ def codec_of(module: nn.Module) -> Codec | None:
     if isinstance(module, BiTLinear):
         return CENTRED_WHOLE
     if isinstance(module, BinaryConv2d | BinaryConvTranspose2d):
-        codec = _BY_FUNCTION.get(module.binarize_weight)
-        if codec is None:
+        binarizer = module.binarize_weight
+        groups = binarizer.keywords.get("groups", 1) if isinstance(binarizer, partial) else 1
+        codec = _BY_FUNCTION.get(binarizer.func if isinstance(binarizer, partial) else binarizer)
+        if codec is None or (groups > 1 and codec is not ADABIN):
             raise ValueError(f"binary.packing: no codec for the weight binarizer "
-                             f"{getattr(module.binarize_weight, '__name__', module.binarize_weight)!r} of "
-                             f"{type(module).__name__}")
-        return codec
+                             f"{getattr(binarizer, '__name__', binarizer)!r} of {type(module).__name__}")
+        return replace(codec, binarize=binarizer, groups=groups) if groups > 1 else codec
     if isinstance(module, BinaryLayer):
         raise ValueError(f"binary.packing: no codec for the binary layer {type(module).__name__}")
     return None
@@ -142,9 +146,6 @@ def _signs(w: Tensor, codec: Codec) -> Tensor:
     if codec in (SIGN_MEAN_ABS, SIGN):
         return torch.sign(_rows(w, codec))
     centred = w - w.mean(dim=dims, keepdim=True)
-    if codec is ADABIN:
-        alpha = centred.square().mean(dim=dims, keepdim=True).sqrt()
-        return torch.sign(_rows(centred / alpha, codec))
     return torch.sign(_rows(centred, codec))
 
 
@@ -196,7 +197,7 @@ def _rebuild_rows(codec: Codec, pos: Tensor, scale: Tensor) -> tuple[Tensor, Ten
     n_rows, n = pos.shape
     if codec is SIGN:
         return torch.where(pos, 1.0, -1.0), torch.ones(n_rows, dtype=torch.bool)
-    if codec is ADABIN:
+    if codec.name == ADABIN.name:
         return _adabin_rows(pos, scale), torch.ones(n_rows, dtype=torch.bool)
     k, u = _row_sums(scale, n, even=codec is CENTRED_CENTRED)
     if codec is SIGN_MEAN_ABS:
@@ -222,30 +223,49 @@ def _adabin_rows(pos: Tensor, levels: Tensor) -> Tensor:
     return latent
 
 
-def _adabin_levels(shape: torch.Size, pos: Tensor, target: Tensor) -> Tensor:
-    """Four levels per row (`_adabin_rows`) whose AdaBin binarization on this CPU equals ``target`` (rows x n, the
-    binary weight of a weight of ``shape`` with positive signs at ``pos``); NaN for a row none fits (a row without
-    both signs, or a search that does not settle).
+def _adabin_levels(codec: Codec, shape: torch.Size, pos: Tensor, target: Tensor) -> Tensor:
+    """Four levels per row (`_adabin_rows`) whose AdaBin binarization (``codec.binarize``) on this CPU equals
+    ``target`` (rows x n, the binary weight of a weight of ``shape`` with positive signs at ``pos``); NaN for a row
+    none fits (a row without both signs, or a search that does not settle).
 
-    Start: ``a = beta + alpha sqrt(m / p)``, ``b = beta - alpha sqrt(p / m)`` for every element (mean beta and
-    standard deviation alpha in exact arithmetic), with ``beta +- alpha`` the row's two target binary values.
-    Search: the first positive and the first negative element are shifted by ``(tb + ta) d`` and ``(tb - ta) d``
-    with ``d = n u / 4`` (u the finer ulp of the two target binary values), which moves the row's beta by about
-    ``tb u / 2`` and its alpha by about ``ta u / 2``; (tb, ta) run over ``[-R, R]^2`` (R = `_ADABIN_REACH`)
-    nearest first, each row keeping the first that fits (the rounding of the row's sums makes the outcome
-    non-monotonic in tb and ta, so the box is searched, not steered).
+    Start: ``a = beta + s sqrt(m / p)`` for the p positive signs, ``b = beta - s sqrt(p / m)`` for the m negative
+    ones (mean beta and standard deviation ``s = alpha sqrt(g)`` in exact arithmetic, g = ``codec.groups``), with
+    ``beta +- alpha`` the row's two target binary values. The float32 rounding of a and b moves the row's
+    statistics by many ulps, so the first positive and the first negative element are then shifted by ``x`` and
+    ``y`` solving, to first order, ``x + y = n dbeta`` and ``sqrt(m / p) x - sqrt(p / m) y = sqrt(g) n dalpha``
+    for the error (dbeta, dalpha) measured on this CPU (twice). Search: around that, shifts of ``tb d + ta d
+    sqrt(g)`` and ``tb d - ta d sqrt(g)`` with ``d = n u / 4`` (u the finer ulp of the two target binary values),
+    which move beta by about ``tb u / 2`` and alpha by about ``ta u / 2``; (tb, ta) run over ``[-R, R]^2`` (R =
+    `_ADABIN_REACH`) nearest first, each row keeping the first that fits (the rounding of the row's sums makes the
+    outcome non-monotonic in tb and ta, so the box is searched, not steered).
     """
     n_rows, n = target.shape
     neg = ~pos
     p, m = pos.sum(1, keepdim=True).double(), neg.sum(1, keepdim=True).double()
     index = torch.arange(n_rows)
-    t_hi, t_lo = target[index, pos.float().argmax(1)], target[index, neg.float().argmax(1)]
-    beta = (t_hi.double() + t_lo.double()).view(-1, 1) / 2
-    alpha = (t_hi.double() - t_lo.double()).view(-1, 1) / 2
-    a = (beta + alpha * (m / p).sqrt()).float()
-    b = (beta - alpha * (p / m).sqrt()).float()
-    inf = torch.full_like(t_hi, float("inf"))
-    ulp = torch.minimum(torch.nextafter(t_hi.abs(), inf) - t_hi.abs(), torch.nextafter(t_lo.abs(), inf) - t_lo.abs())
+    first_pos, first_neg = pos.float().argmax(1), neg.float().argmax(1)
+
+    def statistics(out: Tensor) -> tuple[Tensor, Tensor]:
+        hi, lo = out[index, first_pos].double().view(-1, 1), out[index, first_neg].double().view(-1, 1)
+        return (hi + lo) / 2, (hi - lo) / 2
+
+    def evaluate(levels: Tensor) -> Tensor:
+        return _rows(codec.binarize(_adabin_rows(pos, levels.float()).reshape(-1, *shape[1:])), codec)
+
+    beta, alpha = statistics(target)
+    root_g = codec.groups**0.5
+    a = (beta + alpha * root_g * (m / p).sqrt()).float().double()
+    b = (beta - alpha * root_g * (p / m).sqrt()).float().double()
+    x, y = torch.zeros_like(a), torch.zeros_like(a)
+    for _ in range(2):
+        got_beta, got_alpha = statistics(evaluate(torch.cat([a, b, a + x, b + y], 1)))
+        d_beta, d_alpha = beta - got_beta, alpha - got_alpha
+        dx = (n * d_beta * (p / m).sqrt() + root_g * n * d_alpha) / ((m / p).sqrt() + (p / m).sqrt())
+        x, y = torch.nan_to_num(x + dx), torch.nan_to_num(y + n * d_beta - dx)
+    hi = target[index, first_pos]
+    lo = target[index, first_neg]
+    inf = torch.full_like(hi, float("inf"))
+    ulp = torch.minimum(torch.nextafter(hi.abs(), inf) - hi.abs(), torch.nextafter(lo.abs(), inf) - lo.abs())
     d = (ulp.double() * n / 4).reshape(-1, 1)
     levels = torch.full((n_rows, 4), float("nan"))
     todo = (p > 0).view(-1) & (m > 0).view(-1)
@@ -256,9 +276,10 @@ def _adabin_levels(shape: torch.Size, pos: Tensor, target: Tensor) -> Tensor:
         live = todo.nonzero().view(-1)
         if live.numel() == 0:
             break
-        cand = torch.cat([a[live], b[live], (a[live] + (tb + ta) * d[live]).float(),
-                          (b[live] + (tb - ta) * d[live]).float()], 1)
-        out = _rows(ADABIN.binarize(_adabin_rows(pos[live], cand).reshape(-1, *shape[1:])), ADABIN)
+        shift_b, shift_a = tb * d[live], ta * d[live] * root_g
+        cand = torch.cat([a[live], b[live], a[live] + x[live] + shift_b + shift_a,
+                          b[live] + y[live] + shift_b - shift_a], 1).float()
+        out = _rows(codec.binarize(_adabin_rows(pos[live], cand).reshape(-1, *shape[1:])), codec)
         ok = (out == target[live]).all(1)
         levels[live[ok]] = cand[ok]
         todo[live[ok]] = False
@@ -276,8 +297,8 @@ def pack_weight(w: Tensor, codec: Codec) -> dict:
     pos = _signs(w, codec) > 0
     target = _rows(codec.binarize(w), codec)
     record: dict = {"codec": codec.name, "shape": list(w.shape), "bits": pack_bits(pos)}
-    if codec is ADABIN:
-        scale = _adabin_levels(w.shape, pos, target)
+    if codec.name == ADABIN.name:
+        scale = _adabin_levels(codec, w.shape, pos, target)
     elif codec is SIGN:
         scale = torch.zeros(pos.shape[0])
     else:

@@ -303,6 +303,9 @@ def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
     The best-epoch files are weights-only (README, Training and evaluation): they evaluate and initialise
     (``--weights``) but cannot continue a run.
     """
+    if is_packed(ckpt):
+        raise ConfigError(f"--resume {path}: the file is a packed 1-bit file (weights only, no training state); "
+                          f"resume from the run's last.ckpt, or start a new run from these weights with --weights {path}")
     if "optimizer_states" not in ckpt:
         raise ConfigError(f"--resume {path}: the file holds the weights only (no optimizer state, as the best-epoch "
                           f"checkpoints); resume from the run's last.ckpt, or start a new run from these weights "

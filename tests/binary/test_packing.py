@@ -207,7 +207,7 @@ def test_other_entries_keep_their_dtype_and_shared_modules_are_stored_once():
     assert packed["aliases"] == {"b.conv.weight": "a.conv.weight"}
     other = packed["other"]
     assert other["a.norm.num_batches_tracked"].dtype == torch.int64
-    assert other["bit.binarize_input.initialized"].dtype == torch.bool
+    assert other["bit.input_clip_val"].dtype == torch.float32
     assert other["a.binarizer.k"].data_ptr() == other["b.binarizer.k"].data_ptr()  # one storage in the file
     state = unpack_state(_reload(packed))
     assert set(state) == set(model.state_dict())
