@@ -23,7 +23,8 @@ def test_bf16_mixed_demo_training_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "train_segmentation.py", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(tmp_path / "runs" / "segmentation" / "upernet_bidense_demo" / "version_0" / "metrics.csv", newline="") as f:
+    run_dir = tmp_path / "runs" / "segmentation" / "upernet_bidense_demo" / "version_0"
+    with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from engine.checkpoints import load_checkpoint
+from models.pack import main as pack_main
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
@@ -177,33 +178,31 @@ def test_test_script_writes_json_and_ddp_matches_one_process(trained):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
 
 
-def test_packed_checkpoint_evaluates_like_the_ckpt(trained):
+def test_packed_checkpoint_evaluates_like_the_ckpt(trained, tmp_path, run_main):
     """train -> python -m models.pack -> test_segmentation.py: the packed file gives the .ckpt's metrics exactly;
-    --resume refuses it in one line."""
+    --resume refuses it in one line. (In-process: both evaluations run in one process alike.)"""
     ckpt = trained["b"] / "checkpoints" / "last.ckpt"
-    packed = trained["b"] / "checkpoints" / "last-1bit.pt"  # any name: the format marker identifies the file
-    proc = subprocess.run([sys.executable, "-m", "models.pack", str(ckpt), str(packed)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    packed = tmp_path / "last-1bit.pt"  # any name: the format marker identifies the file
+    assert pack_main([str(ckpt), str(packed)]) == 0
     assert packed.stat().st_size * 10 < ckpt.stat().st_size
-    args = [SEG_DEMO, *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0",
-            "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
-    run("test_segmentation.py", args[0], str(ckpt), *args[1:], OMP_NUM_THREADS="1")
-    run("test_segmentation.py", args[0], str(packed), *args[1:], OMP_NUM_THREADS="1")
-    from_ckpt = json.loads(ckpt.with_name("last.test.json").read_text())
+    copy = tmp_path / "last.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    args = [*tiny(trained["data"], tmp_path), "TRAINING.LIMIT_VAL_BATCHES", "1.0", "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
+    assert run_main("test_segmentation", SEG_DEMO, str(copy), *args).code == 0
+    assert run_main("test_segmentation", SEG_DEMO, str(packed), *args).code == 0
+    from_ckpt = json.loads(copy.with_name("last.test.json").read_text())
     from_packed = json.loads(packed.with_name("last-1bit.test.json").read_text())
     assert from_packed["metrics"] == from_ckpt["metrics"] and from_packed["epoch"] == from_ckpt["epoch"]
-    line = one_line_error(run("train_segmentation.py", SEG_DEMO, *tiny(trained["data"], trained["out"]),
-                              "--resume", str(packed), expect_ok=False))
-    assert "is a packed 1-bit file" in line and str(packed) in line
+    ran = run_main("train_segmentation", SEG_DEMO, *tiny(trained["data"], tmp_path / "runs"), "--resume", str(packed))
+    assert ran.code == 1 and len(ran.err) == 1 and "is a packed 1-bit file" in ran.err[0] and str(packed) in ran.err[0]
 
 
-def test_checkpoint_for_another_model_is_refused(trained):
+def test_checkpoint_for_another_model_is_refused(trained, run_main):
     ckpt = trained["a"] / "checkpoints" / "last.ckpt"
-    proc = run("test_segmentation.py", SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]),
-               "MODEL.BINARY_TYPE", "react", expect_ok=False)
-    line = one_line_error(proc)
-    assert "does not match the config" in line and "binary_type 'bidense' vs 'react'" in line
+    ran = run_main("test_segmentation", SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]),
+                   "MODEL.BINARY_TYPE", "react")
+    assert ran.code == 1 and len(ran.err) == 1 and "does not match the config" in ran.err[0]
+    assert "binary_type 'bidense' vs 'react'" in ran.err[0]
 
 
 def test_unknown_key_fails_in_one_line_from_the_shell(tmp_path):
@@ -266,7 +265,7 @@ def test_cuda_asked_where_none(tmp_path, monkeypatch, capsys):
     assert "--gpus 0: no CUDA GPU is visible on this machine" in capsys.readouterr().err
 
 
-def test_depth_train_then_test(data, tmp_path):
+def test_depth_train_then_test(data, tmp_path, run_main):
     overrides = ["DATASET.DATA_PATH", str(data), "OUTPUT_DIR", str(tmp_path), "DATASET.INPUT_HEIGHT", "32",
                  "DATASET.INPUT_WIDTH", "32", "TRAINING.BATCH_SIZE_ON_1_GPU", "2", "TRAINING.BATCH_SIZE", "2",
                  "TRAINING.LIMIT_TRAIN_BATCHES", "2", "TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.NUM_EPOCHS", "1",
@@ -275,9 +274,10 @@ def test_depth_train_then_test(data, tmp_path):
     folder = tmp_path / "depth" / "upernet_bidense_demo" / "version_0"
     assert 0.0 <= epoch_values(read_csv(folder), "valid/d1")[0] <= 1.0
     ckpt = folder / "checkpoints" / "last.ckpt"
-    proc = run("test_depth.py", DEPTH_DEMO, str(ckpt), *overrides)
+    ran = run_main("test_depth", DEPTH_DEMO, str(ckpt), *overrides)
+    assert ran.code == 0
     metrics = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
-    assert {"d1", "d2", "d3", "abs_rel", "rmse"} <= set(metrics) and "d1" in proc.stdout
+    assert {"d1", "d2", "d3", "abs_rel", "rmse"} <= set(metrics) and "d1" in ran.out
     assert metrics["d1"] <= metrics["d2"] <= metrics["d3"] <= 1.0
 
 

@@ -252,16 +252,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs):
     assert failed.name not in ("version_0", "version_1") and not list(failed.rglob("*.ckpt"))
 
 
-def test_resume_with_a_changed_config_is_refused(runs):
+def test_resume_with_a_changed_config_is_refused(runs, run_main):
     last = runs["b0"] / "checkpoints" / "last.ckpt"
     before = sorted(p.name for p in (runs["b_out"] / RUN).iterdir())
-    proc = train(*tiny(runs["data"], runs["b_out"]), "TRAINING.MAX_LR", "2e-3", "DATASET.CROP_SIZE", "48",
-                 "--resume", str(last), ok=False)
-    assert error_line(proc) == (
+    ran = run_main("train_segmentation", SEG_DEMO, *tiny(runs["data"], runs["b_out"]), "TRAINING.MAX_LR",
+                   "2e-3", "DATASET.CROP_SIZE", "48", "--resume", str(last))
+    assert ran.code == 1 and ran.err == [(
         f"train_segmentation.py: error: --resume {last}: the config differs from the one the checkpoint was trained "
         "with (checkpoint -> now): DATASET.CROP_SIZE 32 -> 48; TRAINING.MAX_LR 0.001 -> 0.002; pass "
-        "--allow-config-change to resume anyway")
-    assert len(proc.stderr.splitlines()) == 1
+        "--allow-config-change to resume anyway")]
     assert sorted(p.name for p in (runs["b_out"] / RUN).iterdir()) == before
 
 
@@ -277,11 +276,13 @@ def test_full_disk_mid_run_keeps_the_previous_checkpoint(runs, tmp_path):
     assert not list(folder.glob(".*.tmp"))
 
 
-def test_unwritable_run_folder_is_a_one_line_error(tmp_path):
+def test_unwritable_run_folder_is_a_one_line_error(tmp_path, run_main):
     blocker = tmp_path / "out"
     blocker.write_text("a file where the run folder should go\n")
-    proc = train("OUTPUT_DIR", str(blocker), "DATASET.DATA_PATH", str(tmp_path / "data"), ok=False)
-    line = error_line(proc)
+    ran = run_main("train_segmentation", SEG_DEMO, "OUTPUT_DIR", str(blocker), "DATASET.DATA_PATH",
+                   str(tmp_path / "data"))
+    assert ran.code == 1 and len(ran.err) == 1
+    line = ran.err[0]
     assert line.startswith(f"train_segmentation.py: error: cannot create the run folder {blocker}/{RUN} "
                            f"(OUTPUT_DIR {blocker}): Not a directory"), line
     assert blocker.read_text() == "a file where the run folder should go\n"
