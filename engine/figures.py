@@ -112,9 +112,9 @@ def prediction_figure(config: str | Path, checkpoint: str | Path, overrides: Seq
     from configs.loading import load_config
     from engine.predict import SIZE_UNIT, class_map, infer, resize_map
     from engine.run import check_names, load_trained_module
-    from models.summary import _task_of
+    from models.summary import task_of_config
 
-    task = _task_of(Path(config))
+    task = task_of_config(Path(config))
     cfg = load_config(task, config, list(overrides))
     check_names(cfg, task, config)
     if task == "segmentation":
@@ -152,14 +152,14 @@ def count_rows(configs: Sequence[str | Path], save: Path | None = None) -> list[
     each row is also written to that file as one JSON line as soon as it is counted (the file is replaced)."""
     from configs.loading import load_config
     from engine.run import evaluation_input
-    from models.summary import _task_of, summarize
+    from models.summary import summarize, task_of_config
 
     rows = []
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text("")
     for config in configs:
-        task = _task_of(Path(config))
+        task = task_of_config(Path(config))
         cfg = load_config(task, config)
         if task == "segmentation":
             kwargs = {"num_classes": cfg.MODEL.NUM_CLASSES}

@@ -65,7 +65,7 @@ def summarize(
     return result
 
 
-def _task_of(path: Path) -> str:
+def task_of_config(path: Path) -> str:
     """"depth" for a YAML under a ``depth`` folder or one setting ``MODEL.MAX_DEPTH``, else "segmentation"."""
     if "depth" in path.parts:
         return "depth"
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.config.is_file():
         parser.exit(2, f"error: config not found: {args.config}\n")
-    task = _task_of(args.config)
+    task = task_of_config(args.config)
     try:
         cfg = load_config(task, args.config)
     except ConfigError as err:
