@@ -167,20 +167,22 @@ class VisionTransformer(nn.Module):
         """Position embedding (1, 1 + grid_h * grid_w, dim) for a ``grid_h x grid_w`` patch grid.
 
         The stored M x M patch embedding is resampled bicubically (no antialias) with scale factors
-        ``((grid_h + offset) / M, (grid_w + offset) / M)``, as DINOv2 does; the cls position is kept.
+        ``((grid_h + offset) / M, (grid_w + offset) / M)``, as DINOv2 does; the cls position is kept. As there, the
+        whole embedding passes through float32 on the way (a no-op in float32 training; in float64 it rounds the
+        cls position and its gradient as the released model does).
         """
-        pos = self.pos_embed
-        side = math.isqrt(pos.shape[1] - 1)
+        side = math.isqrt(self.pos_embed.shape[1] - 1)
         if grid_h == grid_w == side:
-            return pos
-        patch_pos = pos[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            return self.pos_embed
+        pos = self.pos_embed.float()
+        patch_pos = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         scale = ((grid_h + self.interpolate_offset) / side, (grid_w + self.interpolate_offset) / side)
         patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
         if patch_pos.shape[-2:] != (grid_h, grid_w):
             raise RuntimeError(f"position embedding resampled to {tuple(patch_pos.shape[-2:])}, "
                                f"expected {(grid_h, grid_w)}")
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
-        return torch.cat((pos[:, :1], patch_pos.to(pos.dtype)), dim=1)
+        return torch.cat((pos[:, :1], patch_pos), dim=1).to(self.pos_embed.dtype)
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) -> tokens (B, 1 + HW/p^2, dim): patch embedding, cls token, position embedding."""

@@ -178,6 +178,24 @@ def test_pos_embed_interpolation_keeps_orientation_on_non_square_grids() -> None
     assert tokens.shape == (2, 25, DIM)
 
 
+def test_resampled_pos_embed_passes_through_float32_in_float64() -> None:
+    """As DINOv2: the whole embedding, cls position included, is rounded to float32 when resampled, and so is its
+    gradient; at the stored grid nothing is rounded."""
+    model = VisionTransformer(get_method("fp32_0"), img_size=56, depth=1).double()
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.randn(model.pos_embed.shape, dtype=torch.float64))
+    pos = model.interpolate_pos_encoding(2, 3)
+    assert pos.dtype == torch.float64
+    cls = model.pos_embed[0, 0]
+    assert torch.equal(pos[0, 0], cls.float().double()) and not torch.equal(pos[0, 0], cls)
+    weight = torch.randn(pos.shape, dtype=torch.float64)
+    (pos * weight).sum().backward()
+    assert torch.equal(model.pos_embed.grad[0, 0], weight[0, 0].float().double())
+    model.pos_embed.grad = None
+    (model.interpolate_pos_encoding(4, 4) * 1.0).sum().backward()
+    assert torch.equal(model.pos_embed.grad, torch.ones_like(model.pos_embed))
+
+
 def test_input_not_a_multiple_of_the_patch_fails_clearly() -> None:
     model = VisionTransformer(get_method("fp32_0"), img_size=56, depth=1)
     with pytest.raises(ValueError, match="50x56 is not a multiple of the patch size 14"):
