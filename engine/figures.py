@@ -63,14 +63,16 @@ def fit_height(picture: np.ndarray, height: int, nearest: bool) -> Image.Image:
 
 
 def compose_grid(rows: Sequence[Sequence[Image.Image]], headers: Sequence[str], title: str) -> Image.Image:
-    """The pictures of ``rows`` (equal sizes within a column) on a white sheet: a title line, one header per
-    column, ``GAP`` pixels between pictures."""
-    title_font, header_font = font(16), font(14)
+    """The pictures of ``rows`` (equal sizes within a column) on a white sheet: a title line (its font shrunk, down
+    to 9 pixels, until it fits the sheet), one header per column, ``GAP`` pixels between pictures."""
+    header_font = font(14)
     widths = [max(row[c].width for row in rows) for c in range(len(headers))]
     heights = [max(p.height for p in row) for row in rows]
     top = 2 * GAP + 20 + 18
     sheet = Image.new("RGB", (sum(widths) + GAP * (len(widths) + 1), top + sum(heights) + GAP * len(rows)), WHITE)
     draw = ImageDraw.Draw(sheet)
+    room = sheet.width - 2 * GAP
+    title_font = next((f for f in map(font, range(16, 8, -1)) if draw.textlength(title, font=f) <= room), font(9))
     draw.text((GAP, GAP), title, fill=BLACK, font=title_font)
     x = GAP
     for c, header in enumerate(headers):

@@ -160,3 +160,13 @@ def test_a_bad_counts_file_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{counts} line 1" in err and "binary_type" in err
+
+
+def test_a_long_title_is_shrunk_to_fit_the_sheet():
+    """The title band keeps a white right margin however long the title (the font shrinks until it fits)."""
+    pictures = [[Image.new("RGB", (110, 40), (0, 128, 0)) for _ in range(3)]]  # the title needs 16 px fonts: 480 px
+    title = "upernet bidense, demo evaluation set (best-epoch007.ckpt, epoch 7)"
+    sheet = np.asarray(figures.compose_grid(pictures, ("a", "b", "c"), title))
+    band = sheet[: figures.GAP + 18, :, :]
+    dark = (band < 128).all(axis=2)
+    assert dark.any() and not dark[:, -figures.GAP:].any()
