@@ -20,6 +20,7 @@ from PIL import Image
 from configs import load_config
 from datasets.bts import DEPTH_SCALE
 from engine.predict import class_map, default_output, infer, pad_to_unit, resize_map, select_images
+from models.pack import main as pack_main
 from train_depth import DepthModule, depth_to_png, png_scale
 from train_segmentation import SegmentationModule, palette
 
@@ -107,6 +108,25 @@ def test_segmentation_folder(images, seg_ckpt, capsys):
         side = cv2.imread(str(folder / f"{stem}_side_by_side.png"))[..., ::-1]
         assert side.shape == (h, 3 * w, 3)
         np.testing.assert_array_equal(side[:, w:2 * w], colour)
+
+
+def test_a_packed_file_predicts_what_its_checkpoint_predicts(images, tmp_path, capsys):
+    """``--predict`` takes the packed 1-bit file of ``python -m models.pack`` wherever it takes a .ckpt: the same
+    16-bit depth maps (millimetres) for every image."""
+    ckpt = make_checkpoint(DepthModule, "depth", DEPTH_DEMO, tmp_path / "last.ckpt")
+    packed = tmp_path / "model.packed"
+    assert pack_main([str(ckpt), str(packed)]) == 0
+    capsys.readouterr()
+    outputs = {}
+    for name, weights in (("ckpt", ckpt), ("packed", packed)):
+        code, _, err = run_script("test_depth", DEPTH_DEMO, str(weights), "--predict", str(images["folder"]),
+                                  "--out", str(tmp_path / name), capsys=capsys)
+        assert code == 0, err
+        outputs[name] = {stem: cv2.imread(str(tmp_path / name / f"{stem}_depth.png"), cv2.IMREAD_UNCHANGED)
+                         for stem in images["sizes"]}
+    for stem in images["sizes"]:
+        assert len(np.unique(outputs["ckpt"][stem])) > 10
+        np.testing.assert_array_equal(outputs["packed"][stem], outputs["ckpt"][stem])
 
 
 def test_segmentation_matches_the_model_on_a_padded_input(images, seg_ckpt, tmp_path, capsys):
