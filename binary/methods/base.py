@@ -222,15 +222,10 @@ def released_float_conv(in_channels: int, out_channels: int, kernel_size: int, s
     raise ValueError(f"no released full-precision conv for role {role!r}; available: head, out")
 
 
-class ReActDPTDecoder(ReActConvMethod):
-    """The DPT decoder of the ViT baselines (`bibert`, `bit`, `bivit`) as the authors built it.
-
-    ReActNet convs (`ReActConvMethod`) with no BatchNorm in the projections, resamplings and ``layer_rn``: bare
-    bias-free binary convs, the x4 / x2 resamplings biased binary transposed convs.  The residual conv unit is
-    ``y = shift_1(x); y = y + BN(conv_1(ReLU(y))); y = shift_2(y); y + BN(conv_2(ReLU(y)))`` with LearnableBias
-    shifts (`rcu_shift`) and biased convs: the shortcut carries the shifted input.  ``output_conv1`` and the head's
-    3x3 conv stay full precision (`released_float_conv`; depth head biased without BatchNorm).
-    """
+class ReleasedFloatOutAndHead(Method):
+    """Mixin (first base) of the methods whose ``out`` conv (DPT's ``output_conv1``, UPerNet's ``out_conv``) and head
+    3x3 conv stay full precision as in the authors' models (`released_float_conv`; `float_head`): the ViT
+    baselines' DPT decoder and the `cfb` ablation. Every other role goes to the next base."""
 
     float_head = True
 
@@ -239,6 +234,21 @@ class ReActDPTDecoder(ReActConvMethod):
         if role in ("out", "head"):
             return released_float_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                                        role)
+        return super().conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, role)
+
+
+class ReActDPTDecoder(ReleasedFloatOutAndHead, ReActConvMethod):
+    """The DPT decoder of the ViT baselines (`bibert`, `bit`, `bivit`) as the authors built it.
+
+    ReActNet convs (`ReActConvMethod`) with no BatchNorm in the projections, resamplings and ``layer_rn``: bare
+    bias-free binary convs, the x4 / x2 resamplings biased binary transposed convs.  The residual conv unit is
+    ``y = shift_1(x); y = y + BN(conv_1(ReLU(y))); y = shift_2(y); y + BN(conv_2(ReLU(y)))`` with LearnableBias
+    shifts (`rcu_shift`) and biased convs: the shortcut carries the shifted input.  ``output_conv1`` and the head's
+    3x3 conv stay full precision (`ReleasedFloatOutAndHead`; depth head biased without BatchNorm).
+    """
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
         if role in ("project", "rn", "down"):
             return self.binary_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         return super().conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, role)

@@ -10,7 +10,7 @@ the full RPReLU after the FPN fusion and ReLU in the head.  The ViT backbone is 
 `cfb`: the authors' ablation model: the same structure with the ReActNet input binarizer (`ShiftSign`:
 LearnableBias + ApproxSign) instead of the DAB, i.e. binary conv units with the CFB but no DAB, and, as in the
 authors' ablation code, a full-precision ``out_conv1`` (biased, no BatchNorm, no bypass) and head 3x3 conv
-(segmentation: bias-free conv + BatchNorm; depth: biased conv, no BatchNorm), `released_float_conv`.
+(segmentation: bias-free conv + BatchNorm; depth: biased conv, no BatchNorm), `ReleasedFloatOutAndHead`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BypassDown, BypassUp
-from binary.methods.base import Method, react_act, released_float_conv
+from binary.methods.base import Method, ReleasedFloatOutAndHead, react_act
 from binary.methods.registry import register
 from binary.transformer_layers import BiViTAttention, BiViTLinear
 
@@ -77,17 +77,8 @@ class BiDense(Method):
 
 
 @register("cfb")
-class CFB(BiDense):
+class CFB(ReleasedFloatOutAndHead, BiDense):
     """Ablation: BiDense units with the ReActNet binarizer (LearnableBias + ApproxSign) instead of the DAB;
-    ``out_conv1`` and the head's 3x3 conv full precision, as the authors ran it."""
+    ``out_conv1`` and the head's 3x3 conv full precision (`ReleasedFloatOutAndHead`), as the authors ran it."""
 
     binarizer = "shift_sign"
-    float_head = True
-
-    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-             dilation: int = 1, groups: int = 1, bias: bool = False, role: str = "conv") -> nn.Module:
-        """"out" and "head": `released_float_conv`; otherwise the BiDense unit with the ReActNet binarizer."""
-        if role in ("out", "head"):
-            return released_float_conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                                       role)
-        return super().conv(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, role)
