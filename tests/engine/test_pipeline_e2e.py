@@ -6,7 +6,6 @@ Each script runs in a subprocess as a user would run it, with tiny overrides (32
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import re
@@ -109,7 +108,7 @@ def test_console_shows_binary_counts_and_no_known_noise(trained):
         assert noise not in console, noise
 
 
-def test_best_checkpoint_is_weights_only_and_evaluates(trained, monkeypatch, capsys):
+def test_best_checkpoint_is_weights_only_and_evaluates(trained, run_main):
     """best-epochNNN.ckpt: weights, identity, config and epoch, no optimizer state, about a third of last.ckpt;
     the test script evaluates it."""
     folder = trained["a"] / "checkpoints"
@@ -122,24 +121,16 @@ def test_best_checkpoint_is_weights_only_and_evaluates(trained, monkeypatch, cap
     assert torch.equal(last["state_dict"]["model.head.classifier.weight"],
                        ckpt["state_dict"]["model.head.classifier.weight"]) == (ckpt["epoch"] == last["epoch"])
     assert best.stat().st_size < 0.4 * (folder / "last.ckpt").stat().st_size
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", ["test_segmentation.py", SEG_DEMO, str(best),
-                                      *tiny(trained["data"], trained["out"])])
-    importlib.import_module("test_segmentation").main()
+    assert run_main("test_segmentation", SEG_DEMO, str(best), *tiny(trained["data"], trained["out"])).code == 0
     result = json.loads(best.with_name(best.stem + ".test.json").read_text())
     assert result["epoch"] == ckpt["epoch"] and 0.0 <= result["metrics"]["mIoU"] <= 1.0
 
 
-def test_resume_from_a_best_checkpoint_is_one_line(trained, tmp_path, monkeypatch, capsys):
+def test_resume_from_a_best_checkpoint_is_one_line(trained, tmp_path, run_main):
     best = next((trained["a"] / "checkpoints").glob("best-epoch*.ckpt"))
-    monkeypatch.delenv("BIDENSE_RUN_DIR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["train_segmentation.py", SEG_DEMO, "--resume", str(best),
-                                      *tiny(trained["data"], tmp_path)])
-    with pytest.raises(SystemExit) as exit_:
-        importlib.import_module("train_segmentation").main()
-    assert exit_.value.code == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "holds the weights only" in lines[0] and f"--weights {best}" in lines[0]
+    ran = run_main("train_segmentation", SEG_DEMO, "--resume", str(best), *tiny(trained["data"], tmp_path))
+    assert ran.code == 1 and len(ran.err) == 1
+    assert "holds the weights only" in ran.err[0] and f"--weights {best}" in ran.err[0]
     assert not any(tmp_path.iterdir())
 
 
@@ -236,33 +227,22 @@ def test_unknown_key_fails_in_one_line_from_the_shell(tmp_path):
         ("train_depth", [DEPTH_DEMO, "--resume", "configs"], "checkpoint configs is not a file"),
     ],
 )
-def test_bad_input_fails_in_one_line(script, args, message, tmp_path, monkeypatch, capsys):
+def test_bad_input_fails_in_one_line(script, args, message, tmp_path, monkeypatch, run_main):
     """In-process (fast): exit status 1, one line on stderr naming the culprit, nothing written."""
     if ("--gpus" in args or "TRAINING.BATCH_SIZE" in args) and torch.cuda.is_available():
         pytest.skip("runs where no GPU is visible")
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(key, raising=False)
-    module = importlib.import_module(script)
-    monkeypatch.chdir(REPO)
-    monkeypatch.delenv("BIDENSE_RUN_DIR", raising=False)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *args, "OUTPUT_DIR", str(tmp_path), "DATASET.DATA_PATH",
-                                      str(tmp_path / "data")])
-    with pytest.raises(SystemExit) as exit_:
-        module.main()
-    assert exit_.value.code == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], err
+    ran = run_main(script, *args, "OUTPUT_DIR", str(tmp_path), "DATASET.DATA_PATH", str(tmp_path / "data"))
+    assert ran.code == 1
+    assert len(ran.err) == 1 and message in ran.err[0], ran.err
     assert not any(tmp_path.iterdir())
 
 
-def test_cuda_asked_where_none(tmp_path, monkeypatch, capsys):
+def test_cuda_asked_where_none(monkeypatch, run_main):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(sys, "argv", ["test_depth.py", DEPTH_DEMO, "x.ckpt", "--gpus", "0"])
-    module = importlib.import_module("test_depth")
-    with pytest.raises(SystemExit):
-        module.main()
-    assert "--gpus 0: no CUDA GPU is visible on this machine" in capsys.readouterr().err
+    ran = run_main("test_depth", DEPTH_DEMO, "x.ckpt", "--gpus", "0")
+    assert ran.code == 1 and any("--gpus 0: no CUDA GPU is visible on this machine" in line for line in ran.err)
 
 
 def test_depth_train_then_test(data, tmp_path, run_main):
@@ -286,7 +266,7 @@ def test_depth_train_then_test(data, tmp_path, run_main):
     ("train_segmentation", ["--weights", "{ckpt}"]),
     ("test_segmentation", ["{ckpt}"]),
 ])
-def test_a_crafted_checkpoint_never_runs(script, args, tmp_path, monkeypatch, capsys):
+def test_a_crafted_checkpoint_never_runs(script, args, tmp_path, run_main):
     """A checkpoint whose pickle would create a file when unpickled: every script refuses it in one line naming
     the file and the type it needs, and the file is never created."""
     marker = tmp_path / "payload-ran"
@@ -297,14 +277,9 @@ def test_a_crafted_checkpoint_never_runs(script, args, tmp_path, monkeypatch, ca
             return open, (str(marker), "w")
 
     torch.save({"state_dict": {}, "epoch": 0, "loops": Payload()}, ckpt)
-    module = importlib.import_module(script)
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", SEG_DEMO, *(a.format(ckpt=ckpt) for a in args), "OUTPUT_DIR",
-                                      str(tmp_path / "runs"), "DATASET.DATA_PATH", str(tmp_path / "data")])
-    with pytest.raises(SystemExit) as exit_:
-        module.main()
-    assert exit_.value.code == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"{script}.py: error: checkpoint {ckpt} is refused: it contains io.open, which is not a tensor "
+    ran = run_main(script, SEG_DEMO, *(a.format(ckpt=ckpt) for a in args), "OUTPUT_DIR", str(tmp_path / "runs"),
+                   "DATASET.DATA_PATH", str(tmp_path / "data"))
+    assert ran.code == 1
+    assert ran.err == [f"{script}.py: error: checkpoint {ckpt} is refused: it contains io.open, which is not a tensor "
                      "or plain value and could run code when loaded"]
     assert not marker.exists() and not (tmp_path / "runs").exists()

@@ -6,8 +6,6 @@ checkpoint layout), so no training runs here.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import cv2
@@ -38,23 +36,6 @@ def make_checkpoint(module_cls, task: str, config: str, path: Path) -> Path:
     return path
 
 
-def run_script(script: str, *args: str, capsys) -> tuple[int, str, str]:
-    """Run a test script's main() in-process; (exit status, stdout, stderr)."""
-    module = importlib.import_module(script)
-    argv = [f"{script}.py", *args]
-    code = 0
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        module.main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    finally:
-        sys.argv = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def save_image(path: Path, height: int, width: int, seed: int) -> np.ndarray:
     image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(image).save(path)
@@ -83,22 +64,21 @@ def seg_ckpt(tmp_path_factory) -> Path:
                            tmp_path_factory.mktemp("seg") / "best-epoch000.ckpt")
 
 
-def skipped_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("skipped ")]
+def skipped_lines(err: list[str]) -> list[str]:
+    return [line for line in err if line.startswith("skipped ")]
 
 
-def test_segmentation_folder(images, seg_ckpt, capsys):
+def test_segmentation_folder(images, seg_ckpt, run_main):
     """Every image gets its three PNGs at its own size; the three bad files are skipped with one line each."""
-    code, out, err = run_script("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict", str(images["folder"]),
-                                capsys=capsys)
-    assert code == 0, err
-    skipped = skipped_lines(err)
-    assert len(skipped) == 3, err
+    ran = run_main("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict", str(images["folder"]))
+    assert ran.code == 0, ran.err
+    skipped = skipped_lines(ran.err)
+    assert len(skipped) == 3, ran.err
     assert {Path(line.split()[1].rstrip(":")).name for line in skipped} == {"notes.txt", "corrupt.png",
                                                                             "truncated.jpg"}
     folder = default_output(seg_ckpt)
     assert folder == seg_ckpt.parent / "best-epoch000_predictions"
-    assert "3 of 5 image(s) predicted" in out
+    assert "3 of 5 image(s) predicted" in ran.out
     colours = palette("demo", 7)
     for stem, (h, w) in images["sizes"].items():
         ids = cv2.imread(str(folder / f"{stem}_classes.png"), cv2.IMREAD_UNCHANGED)
@@ -110,18 +90,17 @@ def test_segmentation_folder(images, seg_ckpt, capsys):
         np.testing.assert_array_equal(side[:, w:2 * w], colour)
 
 
-def test_a_packed_file_predicts_what_its_checkpoint_predicts(images, tmp_path, capsys):
+def test_a_packed_file_predicts_what_its_checkpoint_predicts(images, tmp_path, run_main):
     """``--predict`` takes the packed 1-bit file of ``python -m models.pack`` wherever it takes a .ckpt: the same
     16-bit depth maps (millimetres) for every image."""
     ckpt = make_checkpoint(DepthModule, "depth", DEPTH_DEMO, tmp_path / "last.ckpt")
     packed = tmp_path / "model.packed"
     assert pack_main([str(ckpt), str(packed)]) == 0
-    capsys.readouterr()
     outputs = {}
     for name, weights in (("ckpt", ckpt), ("packed", packed)):
-        code, _, err = run_script("test_depth", DEPTH_DEMO, str(weights), "--predict", str(images["folder"]),
-                                  "--out", str(tmp_path / name), capsys=capsys)
-        assert code == 0, err
+        ran = run_main("test_depth", DEPTH_DEMO, str(weights), "--predict", str(images["folder"]), "--out",
+                       str(tmp_path / name))
+        assert ran.code == 0, ran.err
         outputs[name] = {stem: cv2.imread(str(tmp_path / name / f"{stem}_depth.png"), cv2.IMREAD_UNCHANGED)
                          for stem in images["sizes"]}
     for stem in images["sizes"]:
@@ -129,12 +108,12 @@ def test_a_packed_file_predicts_what_its_checkpoint_predicts(images, tmp_path, c
         np.testing.assert_array_equal(outputs["packed"][stem], outputs["ckpt"][stem])
 
 
-def test_segmentation_matches_the_model_on_a_padded_input(images, seg_ckpt, tmp_path, capsys):
+def test_segmentation_matches_the_model_on_a_padded_input(images, seg_ckpt, tmp_path, run_main):
     """The class ids are the argmax of the model's logits at the validation scale (short side CROP_SIZE = 32),
     padded to a multiple of 32, cropped and resized back bilinearly: computed here without engine.predict."""
-    code, _, err = run_script("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict",
-                              str(images["folder"] / "wide.png"), "--out", str(tmp_path), capsys=capsys)
-    assert code == 0, err
+    ran = run_main("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict",
+                   str(images["folder"] / "wide.png"), "--out", str(tmp_path))
+    assert ran.code == 0, ran.err
     module = SegmentationModule.from_config(load_config("segmentation", SEG_DEMO), pretrained=False)
     module.load_state_dict(torch.load(seg_ckpt, weights_only=True)["state_dict"])
     module.eval()
@@ -152,14 +131,13 @@ def test_segmentation_matches_the_model_on_a_padded_input(images, seg_ckpt, tmp_
 
 
 @pytest.mark.parametrize(("config", "unit"), [(DEPTH_DEMO, 32), (DPT_DEPTH_DEMO, 28)])
-def test_depth_folder_decodes_to_the_predicted_metres(config, unit, images, tmp_path, capsys):
+def test_depth_folder_decodes_to_the_predicted_metres(config, unit, images, tmp_path, run_main):
     """16-bit PNG / 1000 (the demo is stored in NYU's scale) equals the predicted metres within half a step."""
     ckpt = make_checkpoint(DepthModule, "depth", config, tmp_path / "last.ckpt")
     out = tmp_path / "pred"
-    code, _, err = run_script("test_depth", config, str(ckpt), "--predict", str(images["folder"]), "--out", str(out),
-                              capsys=capsys)
-    assert code == 0, err
-    assert len(skipped_lines(err)) == 3
+    ran = run_main("test_depth", config, str(ckpt), "--predict", str(images["folder"]), "--out", str(out))
+    assert ran.code == 0, ran.err
+    assert len(skipped_lines(ran.err)) == 3
     module = DepthModule.from_config(load_config("depth", config), pretrained=False)
     module.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
     module.eval()
@@ -218,7 +196,7 @@ def test_selection(tmp_path):
 
 
 @pytest.mark.parametrize("what", ["empty folder", "no images", "missing", "unreadable file"])
-def test_nothing_to_predict_is_one_line_and_exit_1(what, seg_ckpt, tmp_path, capsys):
+def test_nothing_to_predict_is_one_line_and_exit_1(what, seg_ckpt, tmp_path, run_main):
     source = tmp_path / "in"
     if what != "missing":
         source.mkdir()
@@ -227,16 +205,16 @@ def test_nothing_to_predict_is_one_line_and_exit_1(what, seg_ckpt, tmp_path, cap
     if what == "unreadable file":
         source = source / "x.png"
         source.write_bytes(b"garbage")
-    code, _, err = run_script("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict", str(source), "--out",
-                              str(tmp_path / "out"), capsys=capsys)
-    assert code == 1
-    errors = [line for line in err.splitlines() if line.strip() and not line.startswith(("skipped ", "predict:"))]
-    assert len(errors) == 1 and "Traceback" not in err
+    ran = run_main("test_segmentation", SEG_DEMO, str(seg_ckpt), "--predict", str(source), "--out",
+                   str(tmp_path / "out"))
+    assert ran.code == 1
+    errors = [line for line in ran.err if not line.startswith(("skipped ", "predict:"))]
+    assert len(errors) == 1 and not any("Traceback" in line for line in ran.err)
     assert errors[0].startswith("test_segmentation.py: error: --predict ")
     assert {"empty folder": "holds no image file", "no images": "1 other file(s)", "missing": "no such file",
             "unreadable file": "could be decoded"}[what] in errors[0]
 
 
-def test_out_without_predict_is_refused(seg_ckpt, capsys):
-    code, _, err = run_script("test_segmentation", SEG_DEMO, str(seg_ckpt), "--out", "x", capsys=capsys)
-    assert code == 1 and "--out DIR goes with --predict" in err
+def test_out_without_predict_is_refused(seg_ckpt, run_main):
+    ran = run_main("test_segmentation", SEG_DEMO, str(seg_ckpt), "--out", "x")
+    assert ran.code == 1 and any("--out DIR goes with --predict" in line for line in ran.err)
