@@ -129,6 +129,7 @@ class SegmentationModule(DenseTaskModule):
         return (f"every training pixel of epoch {epoch} has the ignore label {self.ignore_index} "
                 f"(MODEL.NUM_CLASSES - 1): the loss was empty for the whole epoch; check MODEL.NUM_CLASSES and the "
                 f"label files under DATASET.DATA_PATH")
+
     @staticmethod
     def inference_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]:
         """The size predict mode runs an image at: the validation scale, short side ``DATASET.CROP_SIZE`` and long

@@ -245,25 +245,24 @@ def _adabin_levels(codec: Codec, shape: torch.Size, pos: Tensor, target: Tensor)
     index = torch.arange(n_rows)
     first_pos, first_neg = pos.float().argmax(1), neg.float().argmax(1)
 
+    def evaluate(rows_pos: Tensor, levels: Tensor) -> Tensor:
+        return _rows(codec.binarize(_adabin_rows(rows_pos, levels.float()).reshape(-1, *shape[1:])), codec)
+
     def statistics(out: Tensor) -> tuple[Tensor, Tensor]:
         hi, lo = out[index, first_pos].double().view(-1, 1), out[index, first_neg].double().view(-1, 1)
         return (hi + lo) / 2, (hi - lo) / 2
 
-    def evaluate(levels: Tensor) -> Tensor:
-        return _rows(codec.binarize(_adabin_rows(pos, levels.float()).reshape(-1, *shape[1:])), codec)
-
+    hi, lo = target[index, first_pos], target[index, first_neg]
     beta, alpha = statistics(target)
     root_g = codec.groups**0.5
     a = (beta + alpha * root_g * (m / p).sqrt()).float().double()
     b = (beta - alpha * root_g * (p / m).sqrt()).float().double()
     x, y = torch.zeros_like(a), torch.zeros_like(a)
     for _ in range(2):
-        got_beta, got_alpha = statistics(evaluate(torch.cat([a, b, a + x, b + y], 1)))
+        got_beta, got_alpha = statistics(evaluate(pos, torch.cat([a, b, a + x, b + y], 1)))
         d_beta, d_alpha = beta - got_beta, alpha - got_alpha
         dx = (n * d_beta * (p / m).sqrt() + root_g * n * d_alpha) / ((m / p).sqrt() + (p / m).sqrt())
         x, y = torch.nan_to_num(x + dx), torch.nan_to_num(y + n * d_beta - dx)
-    hi = target[index, first_pos]
-    lo = target[index, first_neg]
     inf = torch.full_like(hi, float("inf"))
     ulp = torch.minimum(torch.nextafter(hi.abs(), inf) - hi.abs(), torch.nextafter(lo.abs(), inf) - lo.abs())
     d = (ulp.double() * n / 4).reshape(-1, 1)
@@ -279,8 +278,7 @@ def _adabin_levels(codec: Codec, shape: torch.Size, pos: Tensor, target: Tensor)
         shift_b, shift_a = tb * d[live], ta * d[live] * root_g
         cand = torch.cat([a[live], b[live], a[live] + x[live] + shift_b + shift_a,
                           b[live] + y[live] + shift_b - shift_a], 1).float()
-        out = _rows(codec.binarize(_adabin_rows(pos[live], cand).reshape(-1, *shape[1:])), codec)
-        ok = (out == target[live]).all(1)
+        ok = (evaluate(pos[live], cand) == target[live]).all(1)
         levels[live[ok]] = cand[ok]
         todo[live[ok]] = False
     return levels
