@@ -304,10 +304,10 @@ def check_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
     (``--weights``) but cannot continue a run.
     """
     if is_packed(ckpt):
-        raise ConfigError(f"--resume {path}: the file is a packed 1-bit file (weights only, no training state); "
-                          f"resume from the run's last.ckpt, or start a new run from these weights with "
-                          f"--weights {path}")
-    if "optimizer_states" not in ckpt:
-        raise ConfigError(f"--resume {path}: the file holds the weights only (no optimizer state, as the best-epoch "
-                          f"checkpoints); resume from the run's last.ckpt, or start a new run from these weights "
-                          f"with --weights {path}")
+        what = "is a packed 1-bit file (weights only, no training state)"
+    elif "optimizer_states" not in ckpt:
+        what = "holds the weights only (no optimizer state, as the best-epoch checkpoints)"
+    else:
+        return
+    raise ConfigError(f"--resume {path}: the file {what}; resume from the run's last.ckpt, or start a new run from "
+                      f"these weights with --weights {path}")
