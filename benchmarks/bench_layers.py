@@ -73,13 +73,7 @@ def float_unit(c_in: int, c_out: int, k: int, s: int, p: int, g: int) -> nn.Modu
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, p, groups=g, bias=False), nn.BatchNorm2d(c_out))
 
 
-
-
 clock = time.perf_counter  # set by --clock
-
-
-
-
 
 
 def step_times(modules: list, x: torch.Tensor, reps: int, precision: str = "32") -> tuple[list[float], list[int]]:

@@ -35,10 +35,6 @@ NUM_CLASSES = 151
 clock = time.perf_counter  # set by --clock
 
 
-
-
-
-
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                precision: str) -> float:
     """Seconds for forward, cross-entropy, backward and one optimizer step."""
@@ -61,8 +57,6 @@ def eval_step(model: nn.Module, images: torch.Tensor, precision: str) -> float:
         model(images)
     sync(images.device)
     return clock() - start
-
-
 
 
 def cache_bytes(model: nn.Module) -> int:

@@ -13,6 +13,8 @@ backward (so a BiDense unit saves what a float conv + BN saves); the CFB saves n
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -205,18 +207,19 @@ def dab(x: Tensor, k: Tensor, b: Tensor, a: Tensor, dim: _Dims) -> Tensor:
     return _DAB.apply(x, k, b, a, _dims(x, dim))
 
 
-def _weight_scale(w: Tensor) -> Tensor:
+def _weight_scale(w: Tensor, w_abs: Tensor | None = None) -> Tensor:
     """mean|w| over all dims but the first, computed as the released code computes it (torch's mean of |w|), so
-    the scale is bit for bit the released one and a packed file can rebuild it exactly."""
-    return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+    the scale is bit for bit the released one and a packed file can rebuild it exactly. ``w_abs``: ``|w|`` when
+    the caller has it."""
+    return (w.abs() if w_abs is None else w_abs).mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
-def _clip_grad(grad: Tensor, w: Tensor) -> Tensor:
-    """``grad * 1[|w| <= 1]`` (the clipped STE, boundary included) in one pass: hardtanh's backward passes the
-    gradient on the open interval (lo, hi), here with hi the next representable value above 1 in w's dtype."""
-    one = torch.ones((), dtype=w.dtype)
-    hi = torch.nextafter(one, 2 * one).item()
-    return torch.ops.aten.hardtanh_backward(grad, w, -hi, hi)
+def _clip_grad_(grad: Tensor, w: Tensor) -> Tensor:
+    """In place: ``grad * 1[|w| <= 1]`` (the clipped STE, boundary included) in one pass: hardtanh's backward
+    passes the gradient on the open interval (lo, hi), here with hi = 1 + eps, the next representable value above
+    1 in w's dtype."""
+    hi = 1.0 + torch.finfo(w.dtype).eps
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, w, -hi, hi, grad_input=grad)
 
 
 class _CenteredBinaryWeight(Function):
@@ -358,6 +361,31 @@ def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
     return _AddCFB.apply(y, x, dim % y.dim())
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch memory for the binary input of the fused NCHW units, one growing buffer per (dtype,
+    device). The binary input lives only inside one call (built, convolved, then dropped in forward; rebuilt,
+    used and consumed in backward), so reusing its memory is safe; on the CPU it saves mapping (and page-faulting)
+    fresh pages for every large tensor, which costs more than the pass that fills them. Accelerators have caching
+    allocators: there every request is a plain `torch.empty`."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, valid until the next `take` on this thread."""
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        numel = math.prod(shape)
+        buffer = self.buffers.get((dtype, device))
+        if buffer is None or buffer.numel() < numel:
+            self.buffers.pop((dtype, device), None)
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[dtype, device] = buffer
+        return buffer[:numel].view(shape)
+
+
+_WORKSPACE = _Workspace()
 _BLOCK_ELEMENTS = 1 << 20  # elements per cache block of the fused NCHW passes (4 MiB of float32)
 
 
@@ -381,14 +409,14 @@ def _blocks(x: Tensor, rows: int, row_len: int):
 def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
     """`_dab_stats` over (2, 3) for a contiguous NCHW tensor, blocked over (sample, channel) rows: four passes over
     the input (mean; s = x - beta; mean|s|; sign(s) * alpha in place). Statistics and the binary input are in
-    `_stat_dtype` (float32 for a bfloat16 input)."""
+    `_stat_dtype` (float32 for a bfloat16 input); the binary input is workspace memory (`_Workspace.take`)."""
     n, c = x.shape[:2]
     xr = x.view(n * c, -1)
     hw = xr.shape[1]
     mean = xr.mean(1, keepdim=True, dtype=_stat_dtype(x))
     beta = (k.reshape(1, c) * mean.view(n, c) + b.reshape(1, c)).reshape(n * c, 1)
     a_rows = a.reshape(1, c).expand(n, c).reshape(n * c, 1)
-    out = torch.empty(xr.shape, dtype=mean.dtype, device=x.device)
+    out = _WORKSPACE.take(xr.shape, mean.dtype, x.device)
     mad = torch.empty_like(mean)
     alpha = torch.empty_like(mean)
     for i, j in _blocks(x, n * c, hw):
@@ -401,11 +429,11 @@ def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
 
 
 def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
-    """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block (in the dtype of
-    the statistics)."""
+    """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block, in the dtype of
+    the statistics and in workspace memory (`_Workspace.take`)."""
     xr = x.view(beta.numel(), -1)
     beta_r, alpha_r = beta.view(-1, 1), alpha.view(-1, 1)
-    out = torch.empty(xr.shape, dtype=beta.dtype, device=x.device)
+    out = _WORKSPACE.take(xr.shape, beta.dtype, x.device)
     for i, j in _blocks(x, *xr.shape):
         torch.sub(xr[i:j], beta_r[i:j], out=out[i:j]).sign_().mul_(alpha_r[i:j])
     return out.view(x.shape)
@@ -433,10 +461,20 @@ def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: T
     return gxb, gk, gb, ga
 
 
+def conv_weight_and_scale(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(gamma * sign(W), gamma)`` with ``gamma = mean|W|`` over all dims but the first: the forward value of
+    `binarize_weight` without autograd, and its scale. One allocation: ``|W|`` is written where ``sign(W)`` then
+    goes."""
+    weight = weight.detach()
+    out = torch.abs(weight)
+    scale = _weight_scale(weight, out)
+    return torch.sign(weight, out=out).mul_(scale), scale
+
+
 def conv_weight(weight: Tensor) -> Tensor:
-    """``gamma * sign(W)`` with ``gamma = mean|W|`` over all dims but the first: the forward value of
-    `binarize_weight` without autograd (the fused units' weight, and the tensor the layers cache in eval mode)."""
-    return torch.sign(weight).mul_(_weight_scale(weight))
+    """``gamma * sign(W)`` (`conv_weight_and_scale`): the fused units' binary weight, and the tensor the layers
+    cache in eval mode."""
+    return conv_weight_and_scale(weight)[0]
 
 
 def compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -465,16 +503,17 @@ def _dab_conv_forward(x: Tensor, k: Tensor, b: Tensor, a: Tensor, wb: Tensor, bi
     return z, mean, beta, alpha, mad
 
 
-def _dab_conv_backward(grad_z, x, weight, mean, beta, alpha, mad, bias_shape, conv, shapes, needs, dtype):
+def _dab_conv_backward(grad_z, x, weight, gamma, mean, beta, alpha, mad, bias_shape, conv, shapes, needs, dtype):
     """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
-    Rebuilds the binary input from x; the convolution's backward runs in ``dtype``, the DAB's in the statistics'
-    dtype. dL/dx is returned even when x does not need it (callers add the bypass)."""
+    Rebuilds the binary input from x and the binary weight from the forward's scale ``gamma``; the convolution's
+    backward runs in ``dtype``, the DAB's in the statistics' dtype. dL/dx is returned even when x does not need it
+    (callers add the bypass)."""
     need_x = any(needs[:4])
     xb = _dab_input_nchw(x, beta, alpha)
     gxb, gwb, gbias = torch.ops.aten.convolution_backward(
-        grad_z.to(dtype), xb.to(dtype), conv_weight(weight).to(dtype), bias_shape, *conv,
+        grad_z.to(dtype), xb.to(dtype), torch.sign(weight).mul_(gamma).to(dtype), bias_shape, *conv,
         [need_x, needs[4], needs[5]])
-    gw = _clip_grad(gwb.to(weight.dtype), weight) if needs[4] else None
+    gw = _clip_grad_(gwb.to(weight.dtype), weight) if needs[4] else None
     gbias = _cast(gbias, weight.dtype)
     if not need_x:
         return None, None, None, None, gw, gbias
@@ -488,9 +527,10 @@ class _DABConv(Function):
     def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
+        wb, gamma = conv_weight_and_scale(weight)
         with _without_autocast(x):
-            y, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, conv_weight(weight), bias, conv, dtype)
-        ctx.save_for_backward(x, weight, mean, beta, alpha, mad)
+            y, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, wb, bias, conv, dtype)
+        ctx.save_for_backward(x, weight, gamma, mean, beta, alpha, mad)
         ctx.conv, ctx.dtype = conv, dtype
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.shapes = (k.shape, b.shape, a.shape)
@@ -498,10 +538,10 @@ class _DABConv(Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, mean, beta, alpha, mad = ctx.saved_tensors
+        x, weight, gamma, mean, beta, alpha, mad = ctx.saved_tensors
         needs = ctx.needs_input_grad
         with _without_autocast(x):
-            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(grad.contiguous(), x, weight, mean, beta, alpha, mad,
+            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(grad.contiguous(), x, weight, gamma, mean, beta, alpha, mad,
                                                            ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6],
                                                            ctx.dtype)
         return _cast(gx, x.dtype) if needs[0] else None, gk, gb, ga, gw, gbias, *([None] * 7)
@@ -523,10 +563,10 @@ def dab_conv2d(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, bias:
                binary_weight: Tensor | None = None) -> Tensor:
     """``conv(dab(x, k, b, a, (2, 3)), binarize_weight(weight)) + bias`` as one autograd Function.
 
-    Same values and gradients as the composition, but saves only x, the weight and per-(sample,
-    channel) statistics: the binary input is rebuilt from x in backward. ``transposed`` selects a transposed
-    convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released). Under autocast the
-    convolution runs in the autocast dtype and the DAB statistics in float32 (`compute_dtype`).
+    Same values and gradients as the composition, but saves only x, the weight, its per-row scale and
+    per-(sample, channel) statistics: the binary input and weight are rebuilt in backward. ``transposed`` selects a
+    transposed convolution (weight [C_in, C_out/groups, kh, kw], scale per input channel as released). Under
+    autocast the convolution runs in the autocast dtype and the DAB statistics in float32 (`compute_dtype`).
     ``binary_weight``: ``conv_weight(weight)`` computed beforehand (the layers' evaluation cache); only where no
     gradient is needed (ValueError otherwise); the output is bit-identical to the one computed without it.
     """
@@ -557,12 +597,14 @@ class _BiDenseUnit(Function):
                 eps, bypass, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
+        wb, gamma = conv_weight_and_scale(weight)
         with _without_autocast(x):
             out, z, mean, beta, alpha, mad, save_mean, save_invstd = _unit_forward(
-                x, k, b, a, conv_weight(weight), bias, bn_weight, bn_bias, running_mean, running_var, bn_training,
-                momentum, eps, bypass, conv, dtype)
+                x, k, b, a, wb, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps,
+                bypass, conv, dtype)
+        del wb
         stats = (None, None) if bn_training else (running_mean.clone(), running_var.clone())
-        ctx.save_for_backward(x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, *stats)
+        ctx.save_for_backward(x, weight, gamma, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, *stats)
         ctx.conv, ctx.bn, ctx.dtype = conv, (bn_training, eps), dtype
         ctx.bias_shape = None if bias is None else bias.shape
         ctx.shapes, ctx.bypass = (k.shape, b.shape, a.shape), bypass
@@ -570,15 +612,16 @@ class _BiDenseUnit(Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, r_mean, r_var = ctx.saved_tensors
+        (x, weight, gamma, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, r_mean,
+         r_var) = ctx.saved_tensors
         needs = ctx.needs_input_grad
         with _without_autocast(x):
             grad = grad.contiguous()
             gz, gbn_w, gbn_b = torch.ops.aten.native_batch_norm_backward(
                 grad.to(z.dtype), z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
                 [True, needs[6], needs[7]])
-            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, mean, beta, alpha, mad, ctx.bias_shape,
-                                                           ctx.conv, ctx.shapes, needs[:6], ctx.dtype)
+            gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, gamma, mean, beta, alpha, mad,
+                                                           ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6], ctx.dtype)
             del gz
             rest = (gw, gbias, gbn_w, gbn_b, *([None] * 13))
             if gx is None:
@@ -600,9 +643,9 @@ def bidense_conv_bn(x: Tensor, k: Tensor, b: Tensor, a: Tensor, weight: Tensor, 
 
     ``batch_norm`` follows `torch.nn.functional.batch_norm` (``bn_training`` uses batch statistics and updates the
     running ones with ``momentum``). Saves x, the conv output and per-channel statistics (what a float conv + BN
-    saves); the binary input is rebuilt in backward and the bypass gradient is added in place. Under autocast the
-    convolution runs in the autocast dtype, the DAB statistics in float32 and the BatchNorm with float32
-    statistics (`compute_dtype`). ``binary_weight`` as in `dab_conv2d`.
+    saves, plus the weight's per-row scale); the binary input and weight are rebuilt in backward and the bypass
+    gradient is added in place. Under autocast the convolution runs in the autocast dtype, the DAB statistics in
+    float32 and the BatchNorm with float32 statistics (`compute_dtype`). ``binary_weight`` as in `dab_conv2d`.
     """
     conv = (list(stride), list(padding), list(dilation), transposed, list(output_padding), groups)
     dtype = compute_dtype(x, weight)

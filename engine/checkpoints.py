@@ -198,6 +198,7 @@ def _leaves(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
         else:
             yield f"{prefix}{key}", value
 
+
 def load_checkpoint(path: str | Path, *, lightning: bool = True, allowed_globals: Sequence[Any] = (),
                     what: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint file safely: ``torch.load(weights_only=True)`` on the CPU, nothing in it executed.

@@ -105,10 +105,6 @@ def parse_gpus(text: str | None, cpu_processes: int | None = None) -> Devices:
     return Devices("gpu", indices)
 
 
-
-
-
-
 def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run ``main``; any error becomes one line on stderr and exit status 1.

@@ -108,18 +108,24 @@ def load_packed(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     format version.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"packed checkpoint {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file it cannot read
-        raise ConfigError(f"{path} is not a packed BiDense checkpoint: {type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+    obj = _read(path, "packed checkpoint")
     if not is_packed(obj):
         raise ConfigError(f"{path} is not a packed BiDense checkpoint (no format marker {FORMAT!r}; pack a .ckpt "
                           "with python -m models.pack)")
     ckpt = checkpoint_from_packed(obj, path)
     return ckpt["state_dict"], ckpt["hyper_parameters"]
+
+
+def _read(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; ConfigError naming ``what`` and the file when it is
+    missing or cannot be read."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file it cannot read
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{what} {path} cannot be loaded: {type(err).__name__}: {reason}") from err
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -180,12 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.resolve() == args.checkpoint.resolve():
         parser.exit(1, f"error: OUT {args.out} is the checkpoint itself; choose another file\n")
     try:
-        if not args.checkpoint.is_file():
-            raise ConfigError(f"checkpoint {args.checkpoint} not found")
-        try:
-            ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a file it cannot read
-            raise ConfigError(f"checkpoint {args.checkpoint} cannot be loaded: {type(err).__name__}") from err
+        ckpt = _read(args.checkpoint, "checkpoint")
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ConfigError(f"checkpoint {args.checkpoint} is not a checkpoint of the training scripts "
                               "(no state_dict)")

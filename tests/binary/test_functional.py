@@ -287,3 +287,47 @@ def test_fused_dab_conv_blocked_passes(monkeypatch, block):
     for p, q in zip(torch.autograd.grad(got, [x, k, b, a, w], g), torch.autograd.grad(want, [x, k, b, a, w], g),
                     strict=True):
         assert torch.allclose(p, q)
+
+
+def test_chained_fused_convs_share_the_workspace_safely():
+    """The fused units build (forward) and rebuild (backward) their binary input in one per-thread workspace that
+    grows to the largest input seen. A call under inference mode (the largest input here, so its buffer is the one
+    reused), then two chained units of different input sizes: they give the values and gradients of the unfused
+    composition, and the workspace holds one buffer, not an inference tensor."""
+    import binary.functional as fn
+
+    fn._WORKSPACE.buffers.clear()
+    torch.manual_seed(4)
+    k1, b1, a1 = (torch.randn(1, 4, 1, 1, dtype=D).requires_grad_() for _ in range(3))
+    k2, b2, a2 = (torch.randn(1, 9, 1, 1, dtype=D).requires_grad_() for _ in range(3))
+    w1 = (torch.randn(9, 4, 3, 3, dtype=D) * 0.8).requires_grad_()
+    w2 = (torch.randn(5, 9, 1, 1, dtype=D) * 0.8).requires_grad_()
+    x = torch.randn(2, 4, 6, 6, dtype=D, requires_grad=True)
+    with torch.inference_mode():
+        dab_conv2d(x.detach().repeat(5, 1, 1, 1), k1, b1, a1, w1, None, (1, 1), (1, 1))
+    h = dab_conv2d(x, k1, b1, a1, w1, None, (1, 1), (1, 1))
+    got = dab_conv2d(h, k2, b2, a2, w2)
+    ref_h = torch.nn.functional.conv2d(_dab_reference(x, k1, b1, a1, (2, 3)), binarize_weight(w1), padding=1)
+    want = torch.nn.functional.conv2d(_dab_reference(ref_h, k2, b2, a2, (2, 3)), binarize_weight(w2))
+    assert torch.allclose(got, want)
+    inputs = [x, k1, b1, a1, w1, k2, b2, a2, w2]
+    g = torch.randn_like(want)
+    for p, q in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g), strict=True):
+        assert torch.allclose(p, q)
+    (buffer,) = fn._WORKSPACE.buffers.values()
+    assert buffer.numel() == 5 * x.numel() > h.numel() and not buffer.is_inference()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_weight_gradient_clip_includes_the_boundary_in_every_dtype(dtype):
+    """The fused units' clipped STE on the weights, ``g * 1[|w| <= 1]``, at and just beyond |w| = 1."""
+    from binary.functional import _clip_grad_
+
+    one = torch.ones((), dtype=dtype)
+    above = torch.nextafter(one, 2 * one)
+    w = torch.stack([-above, -one, -0.5 * one, 0 * one, one, above, 3 * one])
+    grad = torch.arange(1, 8, dtype=dtype)
+    want = grad * (w.abs() <= 1)
+    got = _clip_grad_(grad.clone(), w)
+    assert torch.equal(got, want)
+    assert got.tolist() == [0, 2, 3, 4, 5, 0, 0]
