@@ -529,8 +529,8 @@ class _DABConv(Function):
     def forward(ctx, x, k, b, a, weight, bias, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
-        wb, gamma = conv_weight_and_scale(weight)
         with _without_autocast(x):
+            wb, gamma = conv_weight_and_scale(weight)
             y, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, wb, bias, conv, dtype)
         ctx.save_for_backward(x, weight, gamma, mean, beta, alpha, mad)
         ctx.conv, ctx.dtype = conv, dtype
@@ -599,12 +599,11 @@ class _BiDenseUnit(Function):
                 eps, bypass, stride, padding, dilation, transposed, output_padding, groups, dtype):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
-        wb, gamma = conv_weight_and_scale(weight)
         with _without_autocast(x):
+            wb, gamma = conv_weight_and_scale(weight)
             out, z, mean, beta, alpha, mad, save_mean, save_invstd = _unit_forward(
                 x, k, b, a, wb, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps,
                 bypass, conv, dtype)
-        del wb
         stats = (None, None) if bn_training else (running_mean.clone(), running_var.clone())
         ctx.save_for_backward(x, weight, gamma, mean, beta, alpha, mad, z, bn_weight, save_mean, save_invstd, *stats)
         ctx.conv, ctx.bn, ctx.dtype = conv, (bn_training, eps), dtype

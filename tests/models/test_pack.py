@@ -90,7 +90,7 @@ def test_files_of_another_kind_or_version_fail_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(ConfigError, match=f"packed checkpoint {text} cannot be loaded: UnpicklingError") as err:
+    with pytest.raises(ConfigError, match=f"packed checkpoint {text} cannot be loaded: ") as err:
         load_packed(text)
     assert "\n" not in str(err.value)
     newer = tmp_path / "newer.packed"
