@@ -372,8 +372,9 @@ class _Workspace(threading.local):
         self.buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """An uninitialised tensor of ``shape``, valid until the next `take` on this thread."""
-        if device.type != "cpu":
+        """An uninitialised tensor of ``shape``, valid until the next `take` on this thread (a fresh one on an
+        accelerator and under `torch.compile`, whose compiler plans the memory itself)."""
+        if device.type != "cpu" or torch.compiler.is_compiling():
             return torch.empty(shape, dtype=dtype, device=device)
         numel = math.prod(shape)
         buffer = self.buffers.get((dtype, device))
@@ -392,9 +393,10 @@ _BLOCK_ELEMENTS = 1 << 20  # elements per cache block of the fused NCHW passes (
 def _block_rows(x: Tensor, rows: int, row_len: int) -> int:
     """Rows per block of the fused DAB passes. Single-threaded on the CPU, the chain of elementwise ops runs block
     by block (about `_BLOCK_ELEMENTS` elements) so that it re-reads cache, not memory; with several threads every op
-    is one parallel region whose synchronisation costs more than cache blocking saves, and on an accelerator every
-    op is one kernel launch, so there the whole tensor is one block."""
-    if x.device.type != "cpu" or torch.get_num_threads() > 1:
+    is one parallel region whose synchronisation costs more than cache blocking saves, on an accelerator every
+    op is one kernel launch, and under `torch.compile` the compiler fuses the passes itself, so there the whole
+    tensor is one block."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.get_num_threads() > 1:
         return max(rows, 1)
     return min(max(rows, 1), max(1, _BLOCK_ELEMENTS // max(row_len, 1)))
 

@@ -84,3 +84,49 @@ def test_compile_may_change_on_resume():
     (no TRAINING.COMPILE) resumes without a reported change."""
     assert config_changes({"TRAINING": {"COMPILE": False}}, {"TRAINING": {"COMPILE": True}}) == []
     assert config_changes({"TRAINING": {}}, {"TRAINING": {"COMPILE": False}}) == []
+
+
+def test_bidense_units_trace_into_one_graph():
+    """Dynamo traces the fused BiDense units whole (forward, with its autograd function) on one and on several
+    threads: their row blocking and workspace step aside while compiling, so the compiler sees one graph."""
+    from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BypassDown
+
+    units = nn.Sequential(BiDenseConv2d(8, 8, 3, padding=1), BypassDown(8, 16, 2, 2),
+                          BiDenseConvTranspose2d(16, 16, 2, stride=2, bypass=False), BiDenseConv2d(16, 6, 1))
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(units)(x)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+
+
+def test_compiled_bidense_units_match_eager_in_float64():
+    """Inductor-compiled BiDense units (fused DAB, binary conv, BatchNorm, bypass; a strided unit) give the eager
+    units' outputs, input and parameter gradients and BatchNorm running statistics (float64, within 1e-9)."""
+    from binary.layers import BiDenseConv2d, BypassDown
+
+    torch.manual_seed(0)
+    eager = nn.Sequential(BiDenseConv2d(8, 8, 3, padding=1), BypassDown(8, 16, 2, 2), BiDenseConv2d(16, 6, 1))
+    eager.double()
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    results = []
+    for units in (eager, compiled):
+        xi = x.clone().requires_grad_()
+        y = units(xi)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y, xi.grad, [p.grad for p in units.parameters()], [b.clone() for b in units.buffers()]))
+    torch._dynamo.reset()
+    (y0, dx0, grads0, buffers0), (y1, dx1, grads1, buffers1) = results
+    close = {"rtol": 1e-9, "atol": 1e-9}
+    torch.testing.assert_close(y1, y0, **close)
+    torch.testing.assert_close(dx1, dx0, **close)
+    torch.testing.assert_close(grads1, grads0, **close)
+    torch.testing.assert_close(buffers1, buffers0, **close)
