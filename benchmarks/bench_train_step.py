@@ -5,6 +5,8 @@ update; an evaluation forward (``--mode eval``) is the model in eval mode under 
 binary layers then use their cached binary weights, README "Speed"). For each model type the binary method and
 the float mirror are built once and their steps alternate in the same run (so a change of machine load hits both),
 after warm-up steps; the table gives each median, the binary / float ratio, images/s and the peak memory.
+``--compile`` compiles both models first (``torch.compile``, as ``TRAINING.COMPILE True``); the first warm-up step
+then traces and compiles (give at least one), and the CPU memory column is left out.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU (no allocator
 statistics) in training the bytes saved for backward (unique storages, parameters excluded), in evaluation the
@@ -12,7 +14,7 @@ bytes of the evaluation cache.
 
     python -m benchmarks.bench_train_step [--mode train|eval] [--steps 5] [--warmup 1] [--batch 2] [--size 256]
         [--threads 2] [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
-        [--binary bidense] [--float fp32_0] [--models upernet dpt]
+        [--binary bidense] [--float fp32_0] [--models upernet dpt] [--compile]
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def cache_bytes(model: nn.Module) -> int:
 
 
 def bench_pair(model_type: str, binary_types: tuple[str, str], mode: str, steps: int, warmup: int, batch: int,
-               size: int, device: torch.device, precision: str) -> dict[str, tuple[float, float]]:
+               size: int, device: torch.device, precision: str, compile_: bool = False,
+               ) -> dict[str, tuple[float, float]]:
     """(median seconds, peak bytes) of each method on ``model_type``, steps alternating between the two models."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size, device=device)
@@ -74,6 +77,8 @@ def bench_pair(model_type: str, binary_types: tuple[str, str], mode: str, steps:
     for binary_type in binary_types:
         model = models.build_model("segmentation", model_type, binary_type, num_classes=NUM_CLASSES).to(device)
         model.train(mode == "train")
+        if compile_:
+            model.compile()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01) if mode == "train" else None
         runs[binary_type] = (model, optimizer, [], [0])
     for step in range(warmup + steps):
@@ -90,7 +95,7 @@ def bench_pair(model_type: str, binary_types: tuple[str, str], mode: str, steps:
                     peak[0] = max(peak[0], torch.cuda.max_memory_allocated(device))
     result = {}
     for binary_type, (model, _, times, peak) in runs.items():
-        if device.type == "cpu":
+        if device.type == "cpu" and not compile_:
             peak[0] = saved_bytes(model, images, precision) if mode == "train" else cache_bytes(model)
         result[binary_type] = (statistics.median(times), peak[0])
     return result
@@ -112,7 +117,11 @@ def main() -> None:
     parser.add_argument("--binary", default="bidense")
     parser.add_argument("--float", dest="float_", default="fp32_0")
     parser.add_argument("--models", nargs="+", default=["upernet", "dpt"])
+    parser.add_argument("--compile", action="store_true",
+                        help="compile both models (torch.compile); the first warm-up step compiles")
     args = parser.parse_args()
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup 1 or more (the first step compiles)")
     global clock
     clock = CLOCKS[args.clock]
     device = torch.device(args.device)
@@ -122,10 +131,11 @@ def main() -> None:
 
     what = "training step (forward, CE, backward, AdamW)" if args.mode == "train" else "evaluation forward"
     memory = ("peak MB (max_memory_allocated)" if device.type == "cuda" else
+              "not measured when compiled" if args.compile else
               "saved-for-backward MB" if args.mode == "train" else "eval-cache MB")
     print(f"{what}, batch {args.batch} at {args.size}x{args.size}, {device}, precision {args.precision}, "
-          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, median of {args.steps} after "
-          f"{args.warmup} warm-up")
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, "
+          f"{'compiled, ' if args.compile else ''}median of {args.steps} after {args.warmup} warm-up")
     print(f"memory column: {memory}")
     header = (f"{'model':<9}{args.binary + ' s':>12}{args.float_ + ' s':>12}{'ratio':>8} | {'img/s':>7}"
               f"{'img/s':>7} | {'memory':>8}{'memory':>8}")
@@ -137,7 +147,7 @@ def main() -> None:
             print(f"{model_type:<9}  (not registered)")
             continue
         res = bench_pair(model_type, (args.binary, args.float_), args.mode, args.steps, args.warmup, args.batch,
-                         args.size, device, args.precision)
+                         args.size, device, args.precision, args.compile)
         (tb, mb), (tf, mf) = res[args.binary], res[args.float_]
         print(f"{model_type:<9}{tb:>12.3f}{tf:>12.3f}{tb / tf:>7.2f}x | {args.batch / tb:>7.2f}"
               f"{args.batch / tf:>7.2f} | {mb / 2**20:>8.1f}{mf / 2**20:>8.1f}")
