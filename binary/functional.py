@@ -362,27 +362,28 @@ def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
 
 
 class _Workspace(threading.local):
-    """Per-thread scratch memory for the binary input of the fused NCHW units, one growing buffer per (dtype,
-    device). The binary input lives only inside one call (built, convolved, then dropped in forward; rebuilt,
-    used and consumed in backward), so reusing its memory is safe; on the CPU it saves mapping (and page-faulting)
-    fresh pages for every large tensor, which costs more than the pass that fills them. Accelerators have caching
-    allocators: there every request is a plain `torch.empty`."""
+    """Per-thread scratch memory of the fused NCHW units: one growing buffer per (slot, dtype, device), the slots
+    being the binary input and the binary weight. Both live only inside one call (built, convolved, then dropped
+    in forward; rebuilt, used and consumed in backward), so reusing their memory is safe; on the CPU it saves
+    mapping (and page-faulting) fresh pages for every large tensor, which costs more than the pass that fills them.
+    Accelerators have caching allocators: there every request is a plain `torch.empty`."""
 
     def __init__(self) -> None:
-        self.buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
 
-    def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """An uninitialised tensor of ``shape``, valid until the next `take` on this thread (a fresh one on an
-        accelerator and under `torch.compile`, whose compiler plans the memory itself)."""
+    def take(self, slot: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor of ``shape``, valid until the next `take` of ``slot`` on this thread (a fresh
+        one on an accelerator and under `torch.compile`, whose compiler plans the memory itself)."""
         if device.type != "cpu" or torch.compiler.is_compiling():
             return torch.empty(shape, dtype=dtype, device=device)
         numel = math.prod(shape)
-        buffer = self.buffers.get((dtype, device))
+        key = (slot, dtype, device)
+        buffer = self.buffers.get(key)
         if buffer is None or buffer.numel() < numel:
-            self.buffers.pop((dtype, device), None)
+            self.buffers.pop(key, None)
             with torch.inference_mode(False):
                 buffer = torch.empty(numel, dtype=dtype, device=device)
-            self.buffers[dtype, device] = buffer
+            self.buffers[key] = buffer
         return buffer[:numel].view(shape)
 
 
@@ -420,7 +421,7 @@ def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
     mean = xr.mean(1, keepdim=True, dtype=_stat_dtype(x))
     beta = (k.reshape(1, c) * mean.view(n, c) + b.reshape(1, c)).reshape(n * c, 1)
     a_rows = a.reshape(1, c).expand(n, c).reshape(n * c, 1)
-    out = _WORKSPACE.take(xr.shape, mean.dtype, x.device)
+    out = _WORKSPACE.take("input", xr.shape, mean.dtype, x.device)
     mad = torch.empty_like(mean)
     alpha = torch.empty_like(mean)
     for i, j in _blocks(x, n * c, hw):
@@ -437,7 +438,7 @@ def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
     the statistics and in workspace memory (`_Workspace.take`)."""
     xr = x.view(beta.numel(), -1)
     beta_r, alpha_r = beta.view(-1, 1), alpha.view(-1, 1)
-    out = _WORKSPACE.take(xr.shape, beta.dtype, x.device)
+    out = _WORKSPACE.take("input", xr.shape, beta.dtype, x.device)
     for i, j in _blocks(x, *xr.shape):
         torch.sub(xr[i:j], beta_r[i:j], out=out[i:j]).sign_().mul_(alpha_r[i:j])
     return out.view(x.shape)
@@ -465,14 +466,19 @@ def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: T
     return gxb, gk, gb, ga
 
 
-def conv_weight_and_scale(weight: Tensor) -> tuple[Tensor, Tensor]:
+def conv_weight_and_scale(weight: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(gamma * sign(W), gamma)`` with ``gamma = mean|W|`` over all dims but the first: the forward value of
-    `binarize_weight` without autograd, and its scale. One allocation: ``|W|`` is written where ``sign(W)`` then
-    goes."""
+    `binarize_weight` without autograd, and its scale. ``|W|`` is written where ``sign(W)`` then goes: into
+    ``out`` when given (the fused units pass workspace memory), else into one new tensor."""
     weight = weight.detach()
-    out = torch.abs(weight)
+    out = torch.abs(weight, out=out)
     scale = _weight_scale(weight, out)
     return torch.sign(weight, out=out).mul_(scale), scale
+
+
+def _workspace_weight(weight: Tensor) -> Tensor:
+    """Workspace memory for a binary weight of ``weight``'s shape (`_Workspace.take`)."""
+    return _WORKSPACE.take("weight", weight.shape, weight.dtype, weight.device)
 
 
 def conv_weight(weight: Tensor) -> Tensor:
@@ -515,7 +521,8 @@ def _dab_conv_backward(grad_z, x, weight, gamma, mean, beta, alpha, mad, bias_sh
     need_x = any(needs[:4])
     xb = _dab_input_nchw(x, beta, alpha)
     gxb, gwb, gbias = torch.ops.aten.convolution_backward(
-        grad_z.to(dtype), xb.to(dtype), torch.sign(weight).mul_(gamma).to(dtype), bias_shape, *conv,
+        grad_z.to(dtype), xb.to(dtype), torch.sign(weight, out=_workspace_weight(weight)).mul_(gamma).to(dtype),
+        bias_shape, *conv,
         [need_x, needs[4], needs[5]])
     gw = _clip_grad_(gwb.to(weight.dtype), weight) if needs[4] else None
     gbias = _cast(gbias, weight.dtype)
@@ -532,7 +539,7 @@ class _DABConv(Function):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
         with _without_autocast(x):
-            wb, gamma = conv_weight_and_scale(weight)
+            wb, gamma = conv_weight_and_scale(weight, _workspace_weight(weight))
             y, mean, beta, alpha, mad = _dab_conv_forward(x, k, b, a, wb, bias, conv, dtype)
         ctx.save_for_backward(x, weight, gamma, mean, beta, alpha, mad)
         ctx.conv, ctx.dtype = conv, dtype
@@ -602,7 +609,7 @@ class _BiDenseUnit(Function):
         x = x.contiguous()
         conv = (stride, padding, dilation, transposed, output_padding, groups)
         with _without_autocast(x):
-            wb, gamma = conv_weight_and_scale(weight)
+            wb, gamma = conv_weight_and_scale(weight, _workspace_weight(weight))
             out, z, mean, beta, alpha, mad, save_mean, save_invstd = _unit_forward(
                 x, k, b, a, wb, bias, bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps,
                 bypass, conv, dtype)

@@ -290,10 +290,11 @@ def test_fused_dab_conv_blocked_passes(monkeypatch, block):
 
 
 def test_chained_fused_convs_share_the_workspace_safely():
-    """The fused units build (forward) and rebuild (backward) their binary input in one per-thread workspace that
-    grows to the largest input seen. A call under inference mode (the largest input here, so its buffer is the one
-    reused), then two chained units of different input sizes: they give the values and gradients of the unfused
-    composition, and the workspace holds one buffer, not an inference tensor."""
+    """The fused units build (forward) and rebuild (backward) their binary input and weight in a per-thread
+    workspace, one buffer each that grows to the largest seen. A call under inference mode (the largest input
+    here, so its buffer is the one reused), then two chained units of different sizes: they give the values and
+    gradients of the unfused composition, and the workspace holds one input buffer, not an inference tensor, and
+    one weight buffer of the larger weight."""
     import binary.functional as fn
 
     fn._WORKSPACE.buffers.clear()
@@ -314,8 +315,11 @@ def test_chained_fused_convs_share_the_workspace_safely():
     g = torch.randn_like(want)
     for p, q in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g), strict=True):
         assert torch.allclose(p, q)
-    (buffer,) = fn._WORKSPACE.buffers.values()
+    cpu = torch.device("cpu")
+    assert set(fn._WORKSPACE.buffers) == {("input", D, cpu), ("weight", D, cpu)}
+    buffer = fn._WORKSPACE.buffers["input", D, cpu]
     assert buffer.numel() == 5 * x.numel() > h.numel() and not buffer.is_inference()
+    assert fn._WORKSPACE.buffers["weight", D, cpu].numel() == max(w1.numel(), w2.numel())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
