@@ -129,6 +129,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (a KeyError's key unquoted), else its type name."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")

@@ -7,5 +7,5 @@
 - `engine.callbacks`: non-finite loss guard, per-epoch seeding, config recording.
 - `engine.checkpoints`: atomic writes, loading and checking checkpoints, the ``--resume`` config check.
 - `engine.metrics`, `engine.losses`: evaluation metrics and training losses.
-- `engine.errors`: the errors reported as one line.
+- `engine.errors`: the errors of a run reported as one line.
 """

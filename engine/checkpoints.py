@@ -33,8 +33,8 @@ import yaml
 from lightning.fabric.plugins import TorchCheckpointIO
 from yacs.config import CfgNode
 
-from configs.loading import ConfigError
-from engine.errors import CheckpointWriteError, first_line
+from configs.loading import ConfigError, first_line
+from engine.errors import CheckpointWriteError
 from models.pack import checkpoint_from_packed, is_packed
 
 CONFIG_KEY = "bidense_config"

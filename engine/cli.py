@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from configs.loading import ConfigError
+from configs.loading import ConfigError, first_line
 from datasets.io import DataError
-from engine.errors import RunFault, first_line
+from engine.errors import RunFault
 from engine.interrupt import Interrupted, sigterm_raises
 
 DEBUG_ENV = "BIDENSE_DEBUG"

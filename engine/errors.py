@@ -18,10 +18,3 @@ class EmptyLoss(RunFault):
 
 class CheckpointWriteError(RunFault):
     """A checkpoint could not be written; the previous file at that path is intact."""
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (a KeyError's key unquoted), else its type name."""
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    lines = [line for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from configs.loading import ConfigError, load_config
+from configs.loading import ConfigError, first_line, load_config
 from datasets.io import DataError, read_rgb
 from datasets.normalize import to_normalized_tensor
 from engine.cli import Devices, parse_gpus
-from engine.errors import RunFault, first_line
+from engine.errors import RunFault
 from engine.run import TaskModule, check_names, load_trained_module
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from yacs.config import CfgNode
 
-from configs.loading import ConfigError, load_config
+from configs.loading import ConfigError, first_line, load_config
 from datasets import build_datamodule, list_datasets
 from engine.callbacks import last_checkpoint
 from engine.checkpoints import (
@@ -39,7 +39,6 @@ from engine.checkpoints import (
 from engine.cli import Devices, parse_gpus
 from engine.compilation import compile_model
 from engine.console import params_ops_line
-from engine.errors import first_line
 from engine.interrupt import lightning_signals, signal_name
 from engine.trainer import accumulation, build_trainer, run_dir, save_config, seed_everything
 from models import list_models, supported_methods

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from binary.packing import float_rows, pack_state, unpack_state
-from configs.loading import ConfigError
+from configs.loading import ConfigError, first_line
 from models import build_model, list_models, supported_methods
 
 FORMAT = "bidense-packed-checkpoint"
@@ -124,8 +124,7 @@ def _read(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file it cannot read
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"{what} {path} cannot be loaded: {type(err).__name__}: {reason}") from err
+        raise ConfigError(f"{what} {path} cannot be loaded: {type(err).__name__}: {first_line(err)}") from err
 
 
 def _save(obj: Any, path: Path) -> None:
