@@ -7,7 +7,7 @@ engine does) alternate their steps in the same run, so a change of machine load 
 (tracing and compilation) is timed apart, then the medians after warm-up and their ratio are printed.
 
     python -m benchmarks.bench_compile [--config configs/segmentation/upernet_bidense_demo.yaml] [--steps 10]
-        [--warmup 2] [--threads 2] [--methods bidense fp32_0]
+        [--warmup 2] [--threads 2] [--methods bidense fp32_0] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from benchmarks.common import add_allocator_argument, apply_allocator
 from configs.loading import load_config
 from engine.compilation import compile_model
 
@@ -73,14 +74,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", nargs="+", default=["bidense", "fp32_0"])
+    add_allocator_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    allocator = apply_allocator(args)
     cfg = load_config("segmentation", args.config, [])
     batch, size, classes = cfg.TRAINING.BATCH_SIZE_ON_1_GPU, cfg.DATASET.CROP_SIZE, cfg.MODEL.NUM_CLASSES
 
     print(f"training step (forward, CE, backward, AdamW) of {cfg.MODEL.MODEL_TYPE}, batch {batch} at {size}x{size}, "
           f"{classes} classes, {args.threads} threads, median of {args.steps} after {args.warmup} warm-up; "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, {allocator}")
     print(f"{'method':<10}{'first compiled s':>18}{'eager s':>10}{'compiled s':>12}{'compiled/eager':>16}"
           f"{'|loss gap| step 1':>19}")
     for method in args.methods:

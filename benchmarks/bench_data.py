@@ -15,7 +15,7 @@ DataLoader with ``--workers`` worker processes (images/s in all and per worker, 
 includes the workers' start). Files are read from the page cache, so disk speed is not measured. The README states
 the workers per GPU the released settings need, from these figures and a GPU step time.
 
-    python -m benchmarks.bench_data [--images 24] [--passes 2] [--workers 1 2]
+    python -m benchmarks.bench_data [--images 24] [--passes 2] [--workers 1 2] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.common import add_allocator_argument, apply_allocator
 from configs.loading import load_config
 from datasets import build_datamodule
 from datasets.datamodule import DenseDataModule
@@ -119,7 +120,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24, help="synthetic training images per data set")
     parser.add_argument("--passes", type=int, default=2, help="passes over them per measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts")
+    add_allocator_argument(parser)
     args = parser.parse_args()
+    allocator = apply_allocator(args)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     warnings.filterwarnings("ignore", message=".*official.*")  # the synthetic sets are smaller than the real ones
@@ -133,7 +136,7 @@ def main() -> None:
             ("KITTI 375x1242 png -> 352x704", "depth", KITTI_CONFIG, kitti_overrides),
         ]
         print(f"training transforms, {args.images} images x {args.passes} passes, {os.cpu_count()} CPU cores; "
-              f"images/s (per worker)")
+              f"{allocator}; images/s (per worker)")
         header = f"{'pipeline':<34}{'1 process':>11}"
         header += "".join(f"{f'{w} workers (per)':>22}" for w in args.workers)
         print(header)

@@ -11,15 +11,13 @@ alone (forward statistics and binary input, its rebuild and backward in the fuse
 shares, as a fraction of the float unit's time; where the float convolution is cheap per input element (few
 output channels, 1x1 kernels, depthwise) those passes alone exceed the 15 % margin.
 
-    python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--no-malloc-cache]
+    python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--default-allocator]
         [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import statistics
 import sys
 import time
@@ -27,7 +25,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.common import CLOCKS, autocast, saved_bytes, sync
+from benchmarks.common import CLOCKS, add_allocator_argument, apply_allocator, autocast, saved_bytes, sync
 from binary.functional import _dab_backward_nchw, _dab_forward_nchw, _dab_input_nchw
 from binary.layers import BiDenseConv2d, BypassDown
 
@@ -123,19 +121,6 @@ def dab_passes(unit: nn.Module):
     return run
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to serve big allocations from its heap and keep freed memory (a caching allocator, as on GPUs and
-    as jemalloc/tcmalloc do on CPUs) instead of mapping fresh, page-faulting pages for every large tensor. Applies
-    to both layers alike. Returns False where glibc is not available."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    mmap_threshold, trim_threshold = -3, -1
-    return bool(hasattr(libc, "mallopt") and libc.mallopt(mmap_threshold, 2**31 - 1)
-                and libc.mallopt(trim_threshold, 2**31 - 1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per layer (after two warm-ups)")
@@ -143,8 +128,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every spatial size (e.g. 0.5)")
     parser.add_argument("--only", default="", help="run only the shapes whose name contains this text")
-    parser.add_argument("--no-malloc-cache", action="store_true",
-                        help="keep glibc's default (page-faulting) allocation of large tensors")
+    add_allocator_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
@@ -156,14 +140,14 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: no CUDA GPU is visible on this machine")
-    cached = device.type == "cpu" and not args.no_malloc_cache and keep_freed_memory()
+    allocator = apply_allocator(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     header = (f"{'layer':28s} {'C_in->C_out':>11s} {'k/s/g':>8s} {'HxW':>7s} | {'BiDense ms':>10s} {'float ms':>9s} "
               f"{'time x':>6s} {'img/s':>7s} | {'BiDense MB':>10s} {'float MB':>9s} {'mem x':>6s} {'peak MB':>8s}")
     print(f"batch {args.batch}, {device}, precision {args.precision}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {'caching' if cached else 'default'} large-allocation policy, median of "
+          f"torch {torch.__version__}, {allocator}, median of "
           f"{args.reps} alternated runs; MB = saved for backward; img/s and peak MB (CUDA max_memory_allocated) of "
           "the BiDense unit")
     print(header)

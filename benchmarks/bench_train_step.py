@@ -14,7 +14,7 @@ bytes of the evaluation cache.
 
     python -m benchmarks.bench_train_step [--mode train|eval] [--steps 5] [--warmup 1] [--batch 2] [--size 256]
         [--threads 2] [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
-        [--binary bidense] [--float fp32_0] [--models upernet dpt] [--compile]
+        [--binary bidense] [--float fp32_0] [--models upernet dpt] [--compile] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from benchmarks.common import CLOCKS, autocast, saved_bytes, sync
+from benchmarks.common import CLOCKS, add_allocator_argument, apply_allocator, autocast, saved_bytes, sync
 
 NUM_CLASSES = 151
 
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["upernet", "dpt"])
     parser.add_argument("--compile", action="store_true",
                         help="compile both models (torch.compile); the first warm-up step compiles")
+    add_allocator_argument(parser)
     args = parser.parse_args()
     if args.compile and args.warmup < 1:
         parser.error("--compile needs --warmup 1 or more (the first step compiles)")
@@ -128,13 +129,14 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: no CUDA GPU is visible on this machine")
     torch.set_num_threads(args.threads)
+    allocator = apply_allocator(args)
 
     what = "training step (forward, CE, backward, AdamW)" if args.mode == "train" else "evaluation forward"
     memory = ("peak MB (max_memory_allocated)" if device.type == "cuda" else
               "not measured when compiled" if args.compile else
               "saved-for-backward MB" if args.mode == "train" else "eval-cache MB")
     print(f"{what}, batch {args.batch} at {args.size}x{args.size}, {device}, precision {args.precision}, "
-          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, "
+          f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, {allocator}, "
           f"{'compiled, ' if args.compile else ''}median of {args.steps} after {args.warmup} warm-up")
     print(f"memory column: {memory}")
     header = (f"{'model':<9}{args.binary + ' s':>12}{args.float_ + ' s':>12}{'ratio':>8} | {'img/s':>7}"

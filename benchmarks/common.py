@@ -1,12 +1,16 @@
-"""What the benchmark scripts share: clocks, device synchronisation, the autocast of a precision, saved bytes."""
+"""What the benchmark scripts share: clocks, device synchronisation, the autocast of a precision, saved bytes, the
+host allocator."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import time
 
 import torch
 from torch import nn
+
+from engine.host_allocator import keep_freed_host_memory
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -39,3 +43,17 @@ def saved_bytes(module: nn.Module, x: torch.Tensor, precision: str = "32") -> in
         out = module(x)
     del out
     return sum(storages.values())
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    """``--default-allocator``: keep glibc's default large-allocation policy (`engine.host_allocator`)."""
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's default policy for large host allocations (fresh, page-faulting pages "
+                             "for every large tensor) instead of reusing freed memory as the scripts do")
+
+
+def apply_allocator(args: argparse.Namespace) -> str:
+    """Apply the host-allocator choice of ``args`` (`add_allocator_argument`); returns its name for the header."""
+    if not args.default_allocator and keep_freed_host_memory():
+        return "freed host memory reused"
+    return "default host allocator"

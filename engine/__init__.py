@@ -8,4 +8,5 @@
 - `engine.checkpoints`: atomic writes, loading and checking checkpoints, the ``--resume`` config check.
 - `engine.metrics`, `engine.losses`: evaluation metrics and training losses.
 - `engine.errors`: the errors of a run reported as one line.
+- `engine.host_allocator`: the scripts' host allocator policy (freed memory reused).
 """

@@ -19,6 +19,7 @@ import torch
 from configs.loading import ConfigError, first_line
 from datasets.io import DataError
 from engine.errors import RunFault
+from engine.host_allocator import keep_freed_host_memory
 from engine.interrupt import Interrupted, sigterm_raises
 
 DEBUG_ENV = "BIDENSE_DEBUG"
@@ -113,9 +114,11 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     stopped by SIGTERM or SIGINT prints what was kept and how to continue, and exits with 143 / 130
     (`engine.interrupt`).
 
-    ``--debug`` or ``BIDENSE_DEBUG=1`` re-raises instead, showing the traceback.
+    ``--debug`` or ``BIDENSE_DEBUG=1`` re-raises instead, showing the traceback. Freed host memory is kept for
+    reuse (`engine.host_allocator`).
     """
     args = parser.parse_intermixed_args(argv)
+    keep_freed_host_memory()
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         with sigterm_raises():
