@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import Function
 
 from binary.counting import BinaryLayer
 from binary.eval_cache import EvalCache
@@ -65,6 +66,21 @@ class BiViTLinear(EvalCache, BinaryLayer, nn.Linear):
         return f"{super().extra_repr()}, learnable_scale={self.learnable_scale}"
 
 
+class _KeepAboveThreshold(Function):
+    """``1[attn >= threshold]`` in the attention's dtype, written in one pass; the gradient reaches ``attn``
+    unchanged (straight through). The released ``attn + (keep - attn).detach()`` has exactly this value: for
+    ``attn`` in [0, 1] and ``keep`` in {0, 1}, ``attn + fl(keep - attn)`` rounds to ``keep`` in binary floating
+    point."""
+
+    @staticmethod
+    def forward(ctx, attn: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        return torch.ge(attn, threshold, out=torch.empty_like(attn))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
 class BiViTAttention(nn.Module):
     """Softmax-aware binary attention on (B, heads, N, head_dim) tensors.
 
@@ -81,6 +97,5 @@ class BiViTAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn = ((sign_ste(q, CLIPPED_OPEN) @ sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        keep = attn >= self.threshold * attn.amax(dim=-1, keepdim=True)
-        attn = attn + (keep.to(attn.dtype) - attn).detach()
+        attn = _KeepAboveThreshold.apply(attn, self.threshold * attn.amax(dim=-1, keepdim=True).detach())
         return attn @ sign_ste(v, CLIPPED_OPEN)

@@ -5,7 +5,7 @@ from torch import nn
 import binary
 from binary.counting import BinaryLayer
 from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias
-from binary.transformer_layers import BiViTAttention, BiViTLinear
+from binary.transformer_layers import BiViTAttention, BiViTLinear, _KeepAboveThreshold
 
 # Inputs straddling the clip points of the STE: inside (-1, 1), outside, exactly 0 and exactly +-1.
 X = torch.tensor([[0.5, -0.3, 1.5, -2.0, 0.0, 1.0], [-1.0, 0.9, -0.2, 3.0, 0.7, -0.6]])
@@ -83,6 +83,25 @@ def test_attention_forward_and_gradients_match_formulas():
     ds = a * (da - (da * a).sum(-1, keepdim=True)) * scale
     assert torch.allclose(qr.grad, (ds @ torch.sign(k)) * (q.abs() < 1), atol=1e-5)
     assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() < 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_thresholded_attention_equals_the_released_straight_through_sum(dtype):
+    """The one-pass ``1[A >= t]`` has the value of the released ``A + (1[A >= t] - A).detach()`` bit for bit, and
+    the same gradient (identity on A), for softmax rows of every shape, including many ties and tiny entries."""
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(3, 7, 64) * 4, torch.randint(-2, 3, (3, 7, 64)).float()]).to(dtype)
+    a = logits.softmax(-1)
+    ar = a.clone().requires_grad_(True)
+    threshold = BiViTAttention.threshold * a.amax(-1, keepdim=True)
+    released = ar + ((ar >= threshold).to(dtype) - ar).detach()
+    g = torch.randn_like(a)
+    (grad_released,) = torch.autograd.grad(released, ar, g)
+    ours = _KeepAboveThreshold.apply(ar, threshold)
+    (grad_ours,) = torch.autograd.grad(ours, ar, g)
+    assert ours.dtype == dtype and torch.equal(ours, released.detach())
+    assert 0 < ours.sum() < ours.numel()
+    assert torch.equal(grad_ours, grad_released)
 
 
 def test_linear_on_binary_input_gets_no_input_gradient():
