@@ -9,6 +9,8 @@ entries is exactly +-1 and gets no gradient.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,8 +96,13 @@ class BiViTAttention(nn.Module):
     def __init__(self, head_dim: int, num_heads: int) -> None:
         super().__init__()
         self.scale = head_dim**-0.5
+        # A power-of-two scale (head_dim 4, 16, 64, ...; ViT-S/14 has 64) multiplies exactly, so it can scale the
+        # N x head_dim signs of Q instead of the N x N scores: same values and gradients, bit for bit.
+        self.scale_queries = math.frexp(self.scale)[0] == 0.5
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        attn = ((sign_ste(q, CLIPPED_OPEN) @ sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        qb, kb_t = sign_ste(q, CLIPPED_OPEN), sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)
+        scores = (qb * self.scale) @ kb_t if self.scale_queries else (qb @ kb_t) * self.scale
+        attn = scores.softmax(dim=-1)
         attn = _KeepAboveThreshold.apply(attn, self.threshold * attn.amax(dim=-1, keepdim=True).detach())
         return attn @ sign_ste(v, CLIPPED_OPEN)

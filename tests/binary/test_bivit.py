@@ -104,6 +104,28 @@ def test_thresholded_attention_equals_the_released_straight_through_sum(dtype):
     assert torch.equal(grad_ours, grad_released)
 
 
+@pytest.mark.parametrize("head_dim, scales_queries", [(64, True), (16, True), (6, False), (48, False)])
+def test_attention_scale_on_the_queries_is_bit_identical(head_dim, scales_queries):
+    """With a power-of-two scale the module scales sign(Q) instead of the scores: outputs and the gradients of q, k
+    and v equal those of the released order, scores = (sign(Q) sign(K)^T) * scale, bit for bit (float64)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, head_dim, dtype=torch.float64) * 0.8 for _ in range(3))
+    module = BiViTAttention(head_dim=head_dim, num_heads=3)
+    assert module.scale_queries is scales_queries
+
+    def run(scale_queries: bool):
+        module.scale_queries = scale_queries
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = module(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        return out.detach(), [t.grad for t in leaves]
+
+    (out_released, grads_released), (out_ours, grads_ours) = run(False), run(scales_queries)
+    assert torch.equal(out_ours, out_released)
+    assert all(torch.equal(a, b) for a, b in zip(grads_ours, grads_released, strict=True))
+    assert grads_ours[0].abs().sum() > 0
+
+
 def test_linear_on_binary_input_gets_no_input_gradient():
     """The input of ``proj`` is A_b V_b: entries exactly +-1 sit on the STE boundary, where the authors' quantizer
     passes no gradient (|x| < 1); a {-1, 1} input therefore gets none at all."""
