@@ -18,17 +18,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Mapping
 
 HOST_ALLOCATOR_ENV = "BIDENSE_HOST_ALLOCATOR"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Requests up to 1 GiB come from the heap; glibc before 2.35 caps the mmap threshold at 32 MiB.
+# Requests up to 1 GiB come from the heap; older glibc refuses mmap thresholds above 32 MiB (HEAP_MAX_SIZE / 2).
 _MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 _TRIM_THRESHOLD = (1 << 31) - 1
 _GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def user_chose_allocator(environ: os._Environ | dict[str, str] = os.environ) -> str | None:
+def user_chose_allocator(environ: Mapping[str, str] = os.environ) -> str | None:
     """The environment variable through which the user chose the allocator or its settings, else None."""
     if environ.get(HOST_ALLOCATOR_ENV, "") == "default":
         return HOST_ALLOCATOR_ENV
@@ -55,8 +56,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 def keep_freed_host_memory() -> bool:
     """Raise glibc's mmap threshold (to 1 GiB, else 32 MiB) and its trim threshold (to 2 GiB) so that freed host
-    memory is reused rather than unmapped; True when both were set, False when nothing was changed (not glibc, or
-    `user_chose_allocator`). Process-wide, for the allocations that follow; forked data-loader workers inherit it."""
+    memory is reused rather than unmapped; True when both were set, False otherwise (not glibc, a refused value, or
+    `user_chose_allocator`: then nothing is changed). Process-wide, for the allocations that follow; forked
+    data-loader workers inherit it."""
     if user_chose_allocator() is not None:
         return False
     libc = _glibc()
