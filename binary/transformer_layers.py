@@ -18,7 +18,7 @@ from torch.autograd import Function
 
 from binary.counting import BinaryLayer
 from binary.eval_cache import EvalCache
-from binary.functional import CLIPPED_OPEN, sign_ste
+from binary.functional import CLIPPED_OPEN, compute_dtype, sign_ste
 
 
 class BiViTLinear(EvalCache, BinaryLayer, nn.Linear):
@@ -68,19 +68,40 @@ class BiViTLinear(EvalCache, BinaryLayer, nn.Linear):
         return f"{super().extra_repr()}, learnable_scale={self.learnable_scale}"
 
 
-class _KeepAboveThreshold(Function):
-    """``1[attn >= threshold]`` in the attention's dtype, written in one pass; the gradient reaches ``attn``
-    unchanged (straight through). The released ``attn + (keep - attn).detach()`` has exactly this value: for
-    ``attn`` in [0, 1] and ``keep`` in {0, 1}, ``attn + fl(keep - attn)`` rounds to ``keep`` in binary floating
-    point."""
+def _keep_above(attn: torch.Tensor, threshold: float, dtype: torch.dtype) -> torch.Tensor:
+    """``1[A >= threshold * max_j A]`` in ``dtype``, written in one pass."""
+    cut = threshold * attn.amax(dim=-1, keepdim=True)
+    return torch.ge(attn, cut, out=torch.empty(attn.shape, dtype=dtype, device=attn.device))
+
+
+class _ThresholdedAttention(Function):
+    """``A_b @ V_b`` with ``A_b = 1[A >= t * max_j A]``, the gradient reaching A straight through
+    (``dA = dOut @ V_b^T``, as if the output were ``A @ V_b``) and ``dV_b = A_b^T @ dOut``.
+
+    The released ``A + (A_b - A).detach()`` has exactly the value A_b (for A in [0, 1], ``A + fl(1 - A)`` rounds to
+    1), so values and gradients are theirs bit for bit. Saves A and V_b only: A is the softmax output, which the
+    softmax keeps for its own backward anyway, so the N x N binary matrix is rebuilt in backward (two passes over A)
+    instead of being stored. The products run in ``compute_dtype`` (the autocast dtype under mixed precision, as
+    autocast would run them)."""
 
     @staticmethod
-    def forward(ctx, attn: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-        return torch.ge(attn, threshold, out=torch.empty_like(attn))
+    def forward(ctx, attn: torch.Tensor, vb: torch.Tensor, threshold: float) -> torch.Tensor:
+        dtype = compute_dtype(attn, vb)
+        ctx.save_for_backward(attn, vb)
+        ctx.threshold, ctx.dtype = threshold, dtype
+        with torch.autocast(attn.device.type, enabled=False):
+            return _keep_above(attn, threshold, dtype) @ vb.to(dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        attn, vb = ctx.saved_tensors
+        grad = grad.to(ctx.dtype)
+        grad_attn = grad_vb = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = (grad @ vb.to(ctx.dtype).transpose(-2, -1)).to(attn.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_vb = (_keep_above(attn, ctx.threshold, ctx.dtype).transpose(-2, -1) @ grad).to(vb.dtype)
+        return grad_attn, grad_vb, None
 
 
 class BiViTAttention(nn.Module):
@@ -103,6 +124,4 @@ class BiViTAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         qb, kb_t = sign_ste(q, CLIPPED_OPEN), sign_ste(k, CLIPPED_OPEN).transpose(-2, -1)
         scores = (qb * self.scale) @ kb_t if self.scale_queries else (qb @ kb_t) * self.scale
-        attn = scores.softmax(dim=-1)
-        attn = _KeepAboveThreshold.apply(attn, self.threshold * attn.amax(dim=-1, keepdim=True).detach())
-        return attn @ sign_ste(v, CLIPPED_OPEN)
+        return _ThresholdedAttention.apply(scores.softmax(dim=-1), sign_ste(v, CLIPPED_OPEN), self.threshold)

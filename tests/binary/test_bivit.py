@@ -5,7 +5,7 @@ from torch import nn
 import binary
 from binary.counting import BinaryLayer
 from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias
-from binary.transformer_layers import BiViTAttention, BiViTLinear, _KeepAboveThreshold
+from binary.transformer_layers import BiViTAttention, BiViTLinear, _ThresholdedAttention
 
 # Inputs straddling the clip points of the STE: inside (-1, 1), outside, exactly 0 and exactly +-1.
 X = torch.tensor([[0.5, -0.3, 1.5, -2.0, 0.0, 1.0], [-1.0, 0.9, -0.2, 3.0, 0.7, -0.6]])
@@ -85,23 +85,63 @@ def test_attention_forward_and_gradients_match_formulas():
     assert torch.allclose(kr.grad, (ds.transpose(-2, -1) @ torch.sign(q)) * (k.abs() < 1), atol=1e-5)
 
 
+def _released_thresholded_attention(a: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+    """The authors' form: A + (1[A >= 0.25 max A] - A).detach(), then times V_b."""
+    keep = a >= BiViTAttention.threshold * a.amax(-1, keepdim=True)
+    return (a + (keep.to(a.dtype) - a).detach()) @ vb
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_thresholded_attention_equals_the_released_straight_through_sum(dtype):
-    """The one-pass ``1[A >= t]`` has the value of the released ``A + (1[A >= t] - A).detach()`` bit for bit, and
-    the same gradient (identity on A), for softmax rows of every shape, including many ties and tiny entries."""
+    """``A_b @ V_b`` with A_b rebuilt in backward has the values and the gradients (of A and of V_b) of the released
+    straight-through sum bit for bit, for softmax rows with many ties and tiny entries."""
     torch.manual_seed(0)
-    logits = torch.cat([torch.randn(3, 7, 64) * 4, torch.randint(-2, 3, (3, 7, 64)).float()]).to(dtype)
+    logits = torch.cat([torch.randn(2, 3, 16, 16) * 4, torch.randint(-2, 3, (2, 3, 16, 16)).float()]).to(dtype)
     a = logits.softmax(-1)
-    ar = a.clone().requires_grad_(True)
-    threshold = BiViTAttention.threshold * a.amax(-1, keepdim=True)
-    released = ar + ((ar >= threshold).to(dtype) - ar).detach()
-    g = torch.randn_like(a)
-    (grad_released,) = torch.autograd.grad(released, ar, g)
-    ours = _KeepAboveThreshold.apply(ar, threshold)
-    (grad_ours,) = torch.autograd.grad(ours, ar, g)
-    assert ours.dtype == dtype and torch.equal(ours, released.detach())
-    assert 0 < ours.sum() < ours.numel()
-    assert torch.equal(grad_ours, grad_released)
+    vb = torch.sign(torch.randn(4, 3, 16, 8)).to(dtype)
+    g = torch.randn(4, 3, 16, 8).to(dtype)
+    results = []
+    for fn in (_released_thresholded_attention, lambda a, v: _ThresholdedAttention.apply(a, v, 0.25)):
+        ar, vr = a.clone().requires_grad_(True), vb.clone().requires_grad_(True)
+        out = fn(ar, vr)
+        results.append((out.detach(), *torch.autograd.grad(out, (ar, vr), g)))
+    assert all(torch.equal(x, y) for x, y in zip(*results, strict=True))
+    kept_share = (a >= 0.25 * a.amax(-1, keepdim=True)).float().mean()
+    assert 0 < kept_share < 1
+
+
+def test_attention_saves_no_binary_attention_matrix():
+    """Of the N x N tensors only the softmax output is kept for backward (the binary matrix is rebuilt)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, requires_grad=True) for _ in range(3))
+    square = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[-2:] == (40, 40):
+            square.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = BiViTAttention(head_dim=16, num_heads=3)(q, k, v)
+    assert len(square) == 1
+    out.sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
+
+
+def test_attention_under_autocast_matches_the_released_form():
+    """Under CPU bfloat16 autocast the products run in bfloat16, as autocast runs the released ``A_b @ V_b``: the
+    same values and gradients."""
+    torch.manual_seed(0)
+    a = (torch.randn(2, 3, 24, 24) * 3).softmax(-1)
+    v = torch.randn(2, 3, 24, 8).to(torch.bfloat16)
+    results = []
+    for fn in (_released_thresholded_attention, lambda a, v: _ThresholdedAttention.apply(a, v, 0.25)):
+        ar, vr = a.clone().requires_grad_(True), torch.sign(v).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(ar, vr)
+        assert out.dtype == torch.bfloat16
+        results.append((out.detach(), *torch.autograd.grad(out.float().square().sum(), (ar, vr))))
+    assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(*results, strict=True))
 
 
 @pytest.mark.parametrize("head_dim, scales_queries", [(64, True), (16, True), (6, False), (48, False)])
