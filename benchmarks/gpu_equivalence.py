@@ -93,12 +93,14 @@ CASES: dict[str, Callable] = {
 }
 
 
-def _attention_case():
-    attention = BiViTAttention(8, 2)
-    return None, [torch.randn(2, 2, 11, 8) for _ in range(3)], attention
+def _attention_case(head_dim: int):
+    def build():
+        return None, [torch.randn(2, 2, 11, head_dim) for _ in range(3)], BiViTAttention(head_dim, 2)
+    return build
 
 
-CASES["BiViTAttention"] = _attention_case
+CASES["BiViTAttention"] = _attention_case(16)  # power-of-two scale: applied to sign(Q), as in ViT-S/14
+CASES["BiViTAttention head 8"] = _attention_case(8)  # other scales: applied to the scores
 
 
 def _run(build: Callable, device: torch.device, bf16: bool) -> dict[str, torch.Tensor]:
