@@ -275,7 +275,7 @@ def test_fused_dab_conv_blocked_passes(monkeypatch, block):
     import binary.functional as fn
 
     monkeypatch.setattr(fn, "_BLOCK_ELEMENTS", block)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # blocks are used single-threaded
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # blocks of exactly `block` elements
     torch.manual_seed(3)
     x = torch.randn(3, 5, 4, 6, dtype=D, requires_grad=True)  # 15 rows of 24: blocks of 3 rows for 80
     k, b, a = (torch.randn(1, 5, 1, 1, dtype=D).requires_grad_() for _ in range(3))
