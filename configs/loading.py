@@ -201,8 +201,13 @@ def _decode(value: Any) -> Any:
         return value
 
 
+# Keys that follow Lightning's ``limit_*_batches``: an integer is a number of batches, a float a fraction, so an
+# integer written for them stays an integer (``1`` is one batch, ``1.0`` all of them).
+BATCH_LIMIT_KEYS = ("TRAINING.LIMIT_TRAIN_BATCHES", "TRAINING.LIMIT_VAL_BATCHES")
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` converted to the type of ``default``, or ConfigError."""
+    """``value`` converted to the type of ``default`` (an integer kept for `BATCH_LIMIT_KEYS`), or ConfigError."""
     if isinstance(default, str):
         decoded = _decode(value)
         return decoded if isinstance(decoded, str) else _as_str(key, value, decoded, source)
@@ -219,7 +224,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             return decoded
     elif isinstance(default, float):
         if isinstance(decoded, int | float) and not isinstance(decoded, bool):
-            return float(decoded)
+            return decoded if key in BATCH_LIMIT_KEYS and isinstance(decoded, int) else float(decoded)
     elif isinstance(default, list | tuple) and isinstance(decoded, list | tuple):
         return type(default)(decoded)
     raise ConfigError(f"{source}: key {key} expects {type(default).__name__}, got {value!r}")

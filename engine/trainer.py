@@ -105,9 +105,11 @@ def accumulation(cfg: CfgNode, devices: Devices) -> int:
 
 
 def _limits(**limits: float) -> dict[str, float | int]:
-    """Lightning's ``limit_*_batches`` arguments: a float <= 1 is a fraction of the batches, a larger value a number
-    of batches; 1.0 (all batches, Lightning's default) is left out, so Lightning prints no notice about it."""
-    return {key: value if value <= 1.0 else int(value) for key, value in limits.items() if value != 1.0}
+    """Lightning's ``limit_*_batches`` arguments: an integer is a number of batches, a float <= 1 a fraction of
+    them, a larger float a number; the float 1.0 (all batches, Lightning's default) is left out, so Lightning prints
+    no notice about it."""
+    return {key: value if isinstance(value, int) or value <= 1.0 else int(value)
+            for key, value in limits.items() if not (isinstance(value, float) and value == 1.0)}
 
 
 def build_trainer(

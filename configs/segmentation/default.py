@@ -51,9 +51,9 @@ _C.TRAINING.NUM_NODES = 1
 # Addition. End this invocation after this many epochs of the NUM_EPOCHS schedule (0 = run to NUM_EPOCHS); continue
 # later with --resume last.ckpt (for time-limited cluster jobs).
 _C.TRAINING.STOP_AT_EPOCH = 0
-# Addition. Fraction (<= 1.0) or number (> 1) of training batches per epoch; 1.0 = all (for quick checks).
+# Addition. Training batches per epoch: an integer is a number (1 = one batch), a float a fraction (1.0 = all).
 _C.TRAINING.LIMIT_TRAIN_BATCHES = 1.0
-# Addition. Fraction (<= 1.0) or number (> 1) of evaluation batches (validation and test); 1.0 = all.
+# Addition. Evaluation batches (validation and test): an integer is a number, a float a fraction (1.0 = all).
 _C.TRAINING.LIMIT_VAL_BATCHES = 1.0
 # Addition. Log the training loss every LOG_EVERY_N_STEPS optimizer steps.
 _C.TRAINING.LOG_EVERY_N_STEPS = 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from configs import ConfigError, get_defaults, load_config
 from engine.checkpoints import check_checkpoint_matches, check_not_finished, check_state_dict, load_checkpoint
 from engine.cli import build_parser, parse_gpus
 from engine.run import check_launcher
-from engine.trainer import accumulation
+from engine.trainer import _limits, accumulation
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,6 +118,19 @@ def test_overrides_are_typed():
     assert cfg.TRAINING.PRECISION == "32" and cfg.DATASET.DATASET == "demo"
     depth = load_config("depth", None, ["TRAINING.LOSS_MIN_DEPTH", "0.5", "ONLINE_EVAL.EIGEN_CROP", "false"])
     assert depth.TRAINING.LOSS_MIN_DEPTH == 0.5 and depth.ONLINE_EVAL.EIGEN_CROP is False
+
+
+@pytest.mark.parametrize(("written", "limit"), [("1", 1), ("3", 3), ("0.25", 0.25), ("3.0", 3), ("1.0", None)])
+def test_batch_limits_follow_lightning(written, limit):
+    """As Lightning's ``limit_*_batches``: an integer is a number of batches (``1`` is one batch, not all of them), a
+    float <= 1 a fraction; the float 1.0 (all batches) passes nothing to the Trainer."""
+    cfg = load_config("segmentation", None, ["TRAINING.LIMIT_VAL_BATCHES", written, "TRAINING.LIMIT_TRAIN_BATCHES",
+                                             written])
+    assert type(cfg.TRAINING.LIMIT_VAL_BATCHES) is type(ast.literal_eval(written))
+    t = cfg.TRAINING
+    got = _limits(limit_val_batches=t.LIMIT_VAL_BATCHES, limit_train_batches=t.LIMIT_TRAIN_BATCHES)
+    want = {} if limit is None else {"limit_val_batches": limit, "limit_train_batches": limit}
+    assert got == want and all(type(v) is type(limit) for v in got.values())
 
 
 @pytest.mark.parametrize(

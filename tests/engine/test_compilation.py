@@ -52,24 +52,26 @@ def test_disabled_leaves_the_model_eager():
 
 def test_compiled_matches_eager_forward_backward_and_checkpoints():
     """Train-mode forward, gradients and BN running statistics equal the eager copy's; the compiled state dict
-    loads strictly into an eager module and back."""
+    loads strictly into an eager module and back. In float64: the first conv's bias gradient is zero up to
+    rounding (the BatchNorm after it removes any bias), so in float32 its value is rounding noise that differs
+    between the compiler's and eager's vector kernels."""
     torch.manual_seed(0)
-    eager = _Holder()
+    eager = _Holder().double()
     compiled = compile_model(copy.deepcopy(eager), True)
-    x = torch.randn(2, 3, 12, 12)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     outs = []
     for holder in (eager, compiled):
         y = holder.model(x)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
         outs.append(y)
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-12)
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
     state = compiled.state_dict()
     assert list(state) == list(eager.state_dict())
     torch.testing.assert_close(state["model.1.running_mean"], eager.state_dict()["model.1.running_mean"])
-    fresh = _Holder()
+    fresh = _Holder().double()
     fresh.load_state_dict(state)
     compiled.load_state_dict(fresh.state_dict())
     eager.eval()
