@@ -207,14 +207,16 @@ BATCH_LIMIT_KEYS = ("TRAINING.LIMIT_TRAIN_BATCHES", "TRAINING.LIMIT_VAL_BATCHES"
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` converted to the type of ``default`` (an integer kept for `BATCH_LIMIT_KEYS`), or ConfigError."""
+    """``value`` converted to the type of ``default`` (any number for `BATCH_LIMIT_KEYS`, whose integers and floats
+    mean different things, whatever the value it replaces), or ConfigError."""
     if isinstance(default, str):
         decoded = _decode(value)
         return decoded if isinstance(decoded, str) else _as_str(key, value, decoded, source)
     decoded = _decode(value)
     if isinstance(decoded, str) and decoded.lower() in ("true", "false"):
         decoded = decoded.lower() == "true"
-    if default is None:
+    if default is None or (key in BATCH_LIMIT_KEYS and isinstance(decoded, int | float)
+                           and not isinstance(decoded, bool)):
         return decoded
     if isinstance(default, bool):
         if isinstance(decoded, bool):
@@ -224,7 +226,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             return decoded
     elif isinstance(default, float):
         if isinstance(decoded, int | float) and not isinstance(decoded, bool):
-            return decoded if key in BATCH_LIMIT_KEYS and isinstance(decoded, int) else float(decoded)
+            return float(decoded)
     elif isinstance(default, list | tuple) and isinstance(decoded, list | tuple):
         return type(default)(decoded)
     raise ConfigError(f"{source}: key {key} expects {type(default).__name__}, got {value!r}")

@@ -131,6 +131,10 @@ def test_batch_limits_follow_lightning(written, limit):
     got = _limits(limit_val_batches=t.LIMIT_VAL_BATCHES, limit_train_batches=t.LIMIT_TRAIN_BATCHES)
     want = {} if limit is None else {"limit_val_batches": limit, "limit_train_batches": limit}
     assert got == want and all(type(v) is type(limit) for v in got.values())
+    again = load_config("segmentation", None, ["TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.LIMIT_VAL_BATCHES",
+                                               written])  # a later override replaces an integer by a float
+    assert again.TRAINING.LIMIT_VAL_BATCHES == cfg.TRAINING.LIMIT_VAL_BATCHES
+    assert type(again.TRAINING.LIMIT_VAL_BATCHES) is type(cfg.TRAINING.LIMIT_VAL_BATCHES)
 
 
 @pytest.mark.parametrize(
