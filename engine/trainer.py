@@ -104,7 +104,7 @@ def accumulation(cfg: CfgNode, devices: Devices) -> int:
     return t.BATCH_SIZE // per_step
 
 
-def _limits(**limits: float) -> dict[str, float | int]:
+def _limits(**limits: float | int) -> dict[str, float | int]:
     """Lightning's ``limit_*_batches`` arguments: an integer is a number of batches, a float <= 1 a fraction of
     them, a larger float a number; the float 1.0 (all batches, Lightning's default) is left out, so Lightning prints
     no notice about it."""
