@@ -25,6 +25,7 @@ import models
 from benchmarks.common import add_allocator_argument, apply_allocator
 from configs.loading import load_config
 from engine.compilation import compile_model
+from engine.optimizer import adamw
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -54,7 +55,7 @@ def bench_method(method: str, model_type: str, num_classes: int, batch: int, siz
     labels = torch.randint(0, num_classes, (batch, size, size))
     eager = models.build_model("segmentation", model_type, method, num_classes=num_classes).train()
     compiled = compile_model(_Holder(copy.deepcopy(eager)), True).model
-    runs = {name: (m, torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01), [])
+    runs = {name: (m, adamw(m.parameters(), 1e-4, 0.01), [])
             for name, m in (("eager", eager), ("compiled", compiled))}
     first, compiled_loss = train_step(*runs["compiled"][:2], images, labels)
     eager_loss = train_step(*runs["eager"][:2], images, labels)[1]

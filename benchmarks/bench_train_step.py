@@ -30,6 +30,7 @@ from torch import nn
 
 import models
 from benchmarks.common import CLOCKS, add_allocator_argument, apply_allocator, autocast, saved_bytes, sync
+from engine.optimizer import adamw
 
 NUM_CLASSES = 151
 
@@ -79,7 +80,7 @@ def bench_pair(model_type: str, binary_types: tuple[str, str], mode: str, steps:
         model.train(mode == "train")
         if compile_:
             model.compile()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01) if mode == "train" else None
+        optimizer = adamw(model.parameters(), 1e-4, 0.01) if mode == "train" else None
         runs[binary_type] = (model, optimizer, [], [0])
     for step in range(warmup + steps):
         for model, optimizer, times, peak in runs.values():

@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from datasets.normalize import IMAGENET_MEAN, IMAGENET_STD
 from engine.checkpoints import CONFIG_KEY
 from engine.errors import EmptyLoss
+from engine.optimizer import adamw
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ class DenseTaskModule(L.LightningModule):
 
     def _one_cycle(self, params: Any) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(params, lr=hp.max_lr, weight_decay=hp.weight_decay)
+        optimizer = adamw(params, hp.max_lr, hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.max_lr, epochs=hp.epochs,
                                                         steps_per_epoch=1)
         return optimizer, scheduler

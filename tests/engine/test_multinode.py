@@ -16,7 +16,7 @@ import torch
 
 from configs import ConfigError, load_config
 from engine.trainer import run_dir
-from tests.engine.test_pipeline_e2e import REPO, SEG_DEMO, epoch_values, read_csv, run, tiny
+from tests.engine.test_pipeline_e2e import REPO, SEG_DEMO, epoch_values, read_csv, run_warm, tiny
 
 STEPS = 4  # training batches per node: 2 optimizer steps of 2 accumulated batches (tiny's MAX_LR 1e-3)
 VAL_PER_NODE = 6  # validation images per node; the one-process check evaluates the first 2 x VAL_PER_NODE
@@ -63,8 +63,9 @@ def test_two_nodes_agree_and_match_one_process(tmp_path):
     assert ckpt["global_step"] == STEPS // 2 and ckpt["epoch"] == 0
     two_nodes = {key: epoch_values(read_csv(folder), f"valid/{key}")[0] for key in ("mIoU", "pixAcc", "mIoU_present")}
 
-    run("test_segmentation.py", SEG_DEMO, str(folder / "checkpoints" / "last.ckpt"), *overrides,
-        "TRAINING.LIMIT_VAL_BATCHES", str(2 * VAL_PER_NODE), "--cpu-processes", "1", OMP_NUM_THREADS="1")
+    run_warm("test_segmentation.py", SEG_DEMO, str(folder / "checkpoints" / "last.ckpt"), *overrides,
+             "TRAINING.LIMIT_VAL_BATCHES", str(2 * VAL_PER_NODE), "--cpu-processes", "1", folder=tmp_path / "logs",
+             OMP_NUM_THREADS="1")
     one = json.loads((folder / "checkpoints" / "last.test.json").read_text())["metrics"]
     for key, value in two_nodes.items():
         assert value == pytest.approx(one[key], abs=1e-6), key

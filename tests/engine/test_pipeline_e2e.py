@@ -1,6 +1,8 @@
 """End to end from the command line on the demo set: train, resume, test, DDP on the CPU, one-line errors.
 
-Each script runs in a subprocess as a user would run it, with tiny overrides (32-pixel crops, a few steps).
+Each script runs as its own process as a user would run it, with tiny overrides (32-pixel crops, a few steps):
+from the shell where a fresh interpreter matters (what the console shows, an error from the shell), otherwise
+forked from a warm server (tests/engine/script_processes.py), or in this process (`run_main`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from engine.checkpoints import load_checkpoint
 from models.pack import main as pack_main
+from tests.engine.script_processes import Finished, run_script
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
@@ -25,7 +28,15 @@ DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch
 
 
+def run_warm(script: str, *args: str, folder: Path, **env_vars: str) -> Finished:
+    """``python script *args`` forked from the warm server (`run_script`); it must succeed."""
+    done = run_script(script, *args, folder=folder, PYTHONWARNINGS="ignore", **env_vars)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def run(script: str, *args: str, expect_ok: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
+    """``python script *args`` started from the shell, a fresh interpreter."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **env_vars}
     env.pop("BIDENSE_RUN_DIR", None)
     proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -72,8 +83,8 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
                 "TRAINING.STOP_AT_EPOCH", "2", PYTHONWARNINGS="")  # the warnings a user sees
     run_a = out / "segmentation" / "upernet_bidense_demo" / "version_0"
     assert f"run folder: {run_a}" in first.stdout
-    run("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
-        "--resume", str(run_a / "checkpoints" / "last.ckpt"))
+    run_warm("train_segmentation.py", SEG_DEMO, *tiny(data, out), "TRAINING.NUM_EPOCHS", "3",
+             "--resume", str(run_a / "checkpoints" / "last.ckpt"), folder=tmp_path_factory.mktemp("logs"))
     return {"a": run_a, "b": out / "segmentation" / "upernet_bidense_demo" / "version_1", "data": data, "out": out,
             "console": first.stdout + first.stderr}
 
@@ -149,7 +160,7 @@ def test_resume_continues_the_schedule(trained):
     assert lr_logged and lr_logged[0] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
 
 
-def test_test_script_writes_json_and_ddp_matches_one_process(trained):
+def test_test_script_writes_json_and_ddp_matches_one_process(trained, tmp_path):
     """mIoU accumulated over the whole set is the same with one process and with two DDP processes.
 
     Batches of one image and one thread per process, so that both runs compute every image alike (a binary
@@ -158,12 +169,12 @@ def test_test_script_writes_json_and_ddp_matches_one_process(trained):
     ckpt = trained["b"] / "checkpoints" / "last.ckpt"
     args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0",
             "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
-    single = run("test_segmentation.py", *args, "--cpu-processes", "1", OMP_NUM_THREADS="1")
+    single = run_warm("test_segmentation.py", *args, "--cpu-processes", "1", folder=tmp_path, OMP_NUM_THREADS="1")
     assert "mIoU" in single.stdout
     result = json.loads(ckpt.with_name("last.test.json").read_text())
     one = result["metrics"]
     assert 0.0 <= one["mIoU"] <= 1.0 and 0.0 < one["pixAcc"] <= 1.0 and result["epoch"] == 2
-    run("test_segmentation.py", *args, "--cpu-processes", "2", OMP_NUM_THREADS="1")
+    run_warm("test_segmentation.py", *args, "--cpu-processes", "2", folder=tmp_path, OMP_NUM_THREADS="1")
     two = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
     for key in ("mIoU", "pixAcc", "mIoU_present"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
@@ -250,7 +261,7 @@ def test_depth_train_then_test(data, tmp_path, run_main):
                  "DATASET.INPUT_WIDTH", "32", "TRAINING.BATCH_SIZE_ON_1_GPU", "2", "TRAINING.BATCH_SIZE", "2",
                  "TRAINING.LIMIT_TRAIN_BATCHES", "2", "TRAINING.LIMIT_VAL_BATCHES", "2", "TRAINING.NUM_EPOCHS", "1",
                  "TRAINING.NUM_THREADS", "0"]
-    run("train_depth.py", DEPTH_DEMO, *overrides)
+    run_warm("train_depth.py", DEPTH_DEMO, *overrides, folder=tmp_path / "logs")
     folder = tmp_path / "depth" / "upernet_bidense_demo" / "version_0"
     assert 0.0 <= epoch_values(read_csv(folder), "valid/d1")[0] <= 1.0
     ckpt = folder / "checkpoints" / "last.ckpt"

@@ -1,10 +1,10 @@
 """Faults during training: kill and resume, non-finite loss, atomic and failing checkpoint writes, a
 resumed run whose config changed, an unwritable run folder.
 
-The end-to-end cases run ``train_segmentation.py`` in a subprocess on the demo config with tiny overrides (as
-tests/engine/test_pipeline_e2e.py does). Faults that cannot be caused from outside (a NaN loss, a full disk) are
-injected by starting the real script through a small launcher that patches one library function first (see `launch`);
-the production code carries no test hook.
+The end-to-end cases run ``train_segmentation.py`` as a separate process on the demo config with tiny overrides,
+forked from a warm server (tests/engine/script_processes.py), and stop it with real signals. Faults that cannot be
+caused from outside (a NaN loss, a full disk) are injected by patching one library function in that process before
+the script starts (see `mark_training_steps`); the production code carries no test hook.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from configs import ConfigError, load_config
@@ -42,61 +43,72 @@ from engine.cli import Devices
 from engine.errors import CheckpointWriteError, EmptyLoss
 from engine.task_module import DenseTaskModule
 from engine.trainer import RUN_DIR_ENV, build_trainer, run_dir
+from tests.engine.script_processes import Finished, ScriptProcess, script_env
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch
 RUN = "segmentation/upernet_bidense_demo"
 
-# Start a script as ``python -c LAUNCHER <patch> script args``: apply the named patch, then run the script as
-# __main__. "mark": each training loss (cross-entropy under autograd, not validation) prints a line "train step".
-# "nan": each training loss is NaN. "enospc": the third torch.save call (the first checkpoint of the second epoch)
-# fails with ENOSPC.
-LAUNCHER = """
-import errno, os, runpy, sys
-import torch
-import torch.nn.functional as F
-patch, script = sys.argv[1], sys.argv[2]
-ce = F.cross_entropy
-if patch == "mark":
-    def marked(*a, **k):
+# Faults injected into a run before the script starts (the `prepare` of `ScriptProcess`): each patches one library
+# function in the forked process only.
+
+
+def mark_training_steps() -> None:
+    """Each training loss (cross-entropy under autograd, not validation) prints a line "train step"."""
+    cross_entropy = F.cross_entropy
+
+    def marked(*args, **kwargs):
         if torch.is_grad_enabled():
             print("train step", flush=True)
-        return ce(*a, **k)
+        return cross_entropy(*args, **kwargs)
+
     F.cross_entropy = marked
-elif patch == "nan":
-    F.cross_entropy = lambda *a, **k: ce(*a, **k) * float("nan") if torch.is_grad_enabled() else ce(*a, **k)
-elif patch == "enospc":
+
+
+def nan_training_loss() -> None:
+    """Each training loss is NaN."""
+    cross_entropy = F.cross_entropy
+
+    def nan(*args, **kwargs):
+        loss = cross_entropy(*args, **kwargs)
+        return loss * float("nan") if torch.is_grad_enabled() else loss
+
+    F.cross_entropy = nan
+
+
+def third_save_fails() -> None:
+    """The third torch.save call (the first checkpoint of the second epoch) fails with ENOSPC."""
     save, calls = torch.save, []
-    def full_disk(obj, f, *a, **k):
+
+    def full_disk(obj, f, *args, **kwargs):
         calls.append(f)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        save(obj, f, *a, **k)
+        save(obj, f, *args, **kwargs)
+
     torch.save = full_disk
-sys.argv = sys.argv[2:]
-runpy.run_path(script, run_name="__main__")
-"""
 
 
 def env() -> dict[str, str]:
     """One thread (runs compared bit for bit compute alike), no warnings, no inherited run folder."""
-    out = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    out.pop("BIDENSE_RUN_DIR", None)
-    return out
+    return script_env(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
-def command(*args: str, patch: str | None = None) -> list[str]:
-    prefix = [sys.executable, "-c", LAUNCHER, patch] if patch else [sys.executable]
-    return [*prefix, "train_segmentation.py", SEG_DEMO, *args]
+def start(*args: str, logs: Path, prepare: Callable[[], None] | None = None) -> ScriptProcess:
+    """``python train_segmentation.py SEG_DEMO *args`` with `env`, forked from the warm server."""
+    return ScriptProcess("train_segmentation.py", [SEG_DEMO, *args], env(), logs, prepare)
 
 
-def train(*args: str, patch: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command(*args, patch=patch), cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=600)
+def train(*args: str, logs: Path, prepare: Callable[[], None] | None = None, ok: bool = True) -> Finished:
+    process = start(*args, logs=logs, prepare=prepare)
+    try:
+        done = process.wait()
+    finally:
+        process.kill()
     if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def tiny(data: Path, out: Path, epochs: int = 2) -> list[str]:
@@ -106,7 +118,7 @@ def tiny(data: Path, out: Path, epochs: int = 2) -> list[str]:
             "0", "TRAINING.LOG_EVERY_N_STEPS", "1", "TRAINING.MAX_LR", "1e-3", "TRAINING.NUM_EPOCHS", str(epochs)]
 
 
-def error_line(proc: subprocess.CompletedProcess) -> str:
+def error_line(proc: Finished) -> str:
     """The one-line error a failed run ends with (progress bars may precede it on stderr); no traceback."""
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -134,23 +146,19 @@ def epoch_metrics(folder: Path, epoch: int) -> dict[str, str]:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A: two epochs uninterrupted. B: the same run SIGKILLed during its second epoch, then resumed."""
     data = tmp_path_factory.mktemp("data")
-    out_a, out_b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
-    train(*tiny(data, out_a))
-    killed = subprocess.Popen(command(*tiny(data, out_b), patch="mark"), cwd=REPO, env=env(), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out_a, out_b, logs = (tmp_path_factory.mktemp(name) for name in ("a", "b", "logs"))
+    train(*tiny(data, out_a), logs=logs)
+    killed = start(*tiny(data, out_b), logs=logs, prepare=mark_training_steps)
     try:
-        steps = 0
-        for line in killed.stdout:
-            steps += line.count("train step")  # the progress bar shares stdout, without newlines
-            if steps == STEPS + 1:  # the loss of the second epoch's first batch: kill in the middle of that step
-                break
-        assert killed.poll() is None and steps == STEPS + 1, "the run ended before it could be killed"
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=30)
+        # the loss of the second epoch's first batch: kill in the middle of that step
+        steps = killed.wait_for_output("train step", STEPS + 1)
+        assert killed.process.is_alive() and steps == STEPS + 1, "the run ended before it could be killed"
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(30).returncode == -signal.SIGKILL
     finally:
         killed.kill()
-        killed.stdout.close()
-    return {"data": data, "a": out_a / RUN / "version_0", "b_out": out_b, "b0": out_b / RUN / "version_0"}
+    return {"data": data, "a": out_a / RUN / "version_0", "b_out": out_b, "b0": out_b / RUN / "version_0",
+            "logs": logs}
 
 
 def test_sigkill_then_resume_matches_the_uninterrupted_run(runs):
@@ -158,7 +166,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(runs):
     last_b0 = runs["b0"] / "checkpoints" / "last.ckpt"
     assert load(last_b0)["epoch"] == 0
     assert not list((runs["b0"] / "checkpoints").glob(".*.tmp"))
-    train(*tiny(runs["data"], runs["b_out"]), "--resume", str(last_b0))
+    train(*tiny(runs["data"], runs["b_out"]), "--resume", str(last_b0), logs=runs["logs"])
     resumed = runs["b_out"] / RUN / "version_1"
     a, b = load(runs["a"] / "checkpoints" / "last.ckpt"), load(resumed / "checkpoints" / "last.ckpt")
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * STEPS)
@@ -170,29 +178,19 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(runs):
     assert epoch_metrics(resumed, 1) == metrics
 
 
-def signal_in_step(args: list[str], step: int, signum: int, stderr: Path,
-                   before: Callable[[], None] = lambda: None) -> subprocess.Popen:
+def signal_in_step(args: list[str], step: int, signum: int, logs: Path,
+                   before: Callable[[], None] = lambda: None) -> Finished:
     """Start a marked run; while it computes training loss number ``step`` (1-based), call ``before`` and send
-    ``signum``; wait for the run to end. SIGINT is reset to its default in the child (a shell's background job
-    inherits it ignored)."""
-    with open(stderr, "w") as err:
-        proc = subprocess.Popen(command(*args, patch="mark"), cwd=REPO, env=env(), text=True, stdout=subprocess.PIPE,
-                                stderr=err, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ``signum``; wait for the run to end."""
+    process = start(*args, logs=logs, prepare=mark_training_steps)
     try:
-        seen = 0
-        for line in proc.stdout:
-            seen += line.count("train step")  # the progress bar shares stdout, without newlines
-            if seen == step:
-                break
-        assert proc.poll() is None and seen == step, stderr.read_text()[-3000:]
+        seen = process.wait_for_output("train step", step)
+        assert process.process.is_alive() and seen == step, process.stderr()[-3000:]
         before()
-        os.kill(proc.pid, signum)
-        proc.stdout.read()
-        proc.wait(timeout=120)
+        os.kill(process.pid, signum)
+        return process.wait(120)
     finally:
-        proc.kill()
-        proc.stdout.close()
-    return proc
+        process.kill()
 
 
 def test_sigterm_keeps_last_ckpt_says_how_to_resume_and_the_resume_matches(runs, tmp_path):
@@ -202,8 +200,8 @@ def test_sigterm_keeps_last_ckpt_says_how_to_resume_and_the_resume_matches(runs,
     args = tiny(runs["data"], out)
     last = out / RUN / "version_0" / "checkpoints" / "last.ckpt"
     digests = []
-    proc = signal_in_step(args, STEPS + 1, signal.SIGTERM, tmp_path / "stderr", lambda: digests.append(digest(last)))
-    stderr = (tmp_path / "stderr").read_text()
+    proc = signal_in_step(args, STEPS + 1, signal.SIGTERM, tmp_path, lambda: digests.append(digest(last)))
+    stderr = proc.stderr
     assert proc.returncode == 143, stderr[-3000:]
     line = [line for line in stderr.splitlines() if line.strip()][-1]
     resume = ["python", "train_segmentation.py", SEG_DEMO, "--resume", str(last), *args]
@@ -211,8 +209,8 @@ def test_sigterm_keeps_last_ckpt_says_how_to_resume_and_the_resume_matches(runs,
                     f"epoch restarts from it; continue with: {shlex.join(resume)}")
     assert digests == [digest(last)] and load(last)["epoch"] == 0
     assert not list(last.parent.glob(".*.tmp"))
-    continued = subprocess.run([sys.executable, *shlex.split(line.split("continue with: ", 1)[1])[1:]], cwd=REPO,
-                               env=env(), capture_output=True, text=True, timeout=600)
+    _, script, *rest = shlex.split(line.split("continue with: ", 1)[1])
+    continued = ScriptProcess(script, rest, env(), tmp_path).wait()
     assert continued.returncode == 0, continued.stderr[-3000:]
     a = load(runs["a"] / "checkpoints" / "last.ckpt")
     b = load(out / RUN / "version_1" / "checkpoints" / "last.ckpt")
@@ -225,8 +223,8 @@ def test_sigint_before_the_first_checkpoint(runs, tmp_path):
     """Ctrl-C in the first training step: exit 130 and the command that starts the run again (no checkpoint)."""
     out = tmp_path / "out"
     args = tiny(runs["data"], out)
-    proc = signal_in_step(args, 1, signal.SIGINT, tmp_path / "stderr")
-    stderr = (tmp_path / "stderr").read_text()
+    proc = signal_in_step(args, 1, signal.SIGINT, tmp_path)
+    stderr = proc.stderr
     assert proc.returncode == 130, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines[-1] == ("train_segmentation.py: interrupted by SIGINT in epoch 0, before any checkpoint was written; "
@@ -240,7 +238,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs):
     last = runs["b0"] / "checkpoints" / "last.ckpt"
     before = digest(last)
     proc = train(*tiny(runs["data"], runs["b_out"]), "TRAINING.MAX_LR", "2e-3", "--resume", str(last),
-                 "--allow-config-change", patch="nan", ok=False)
+                 "--allow-config-change", logs=runs["logs"], prepare=nan_training_loss, ok=False)
     assert "resuming with a changed config (--allow-config-change): TRAINING.MAX_LR 0.001 -> 0.002" in proc.stdout
     line = error_line(proc)
     assert line.startswith("train_segmentation.py: error: non-finite training loss (nan) at epoch 1, step 3 "
@@ -266,7 +264,7 @@ def test_resume_with_a_changed_config_is_refused(runs, run_main):
 
 def test_full_disk_mid_run_keeps_the_previous_checkpoint(runs, tmp_path):
     """The first checkpoint write of epoch 1 fails with ENOSPC: one line naming the file, epoch 0's files intact."""
-    proc = train(*tiny(runs["data"], tmp_path), patch="enospc", ok=False)
+    proc = train(*tiny(runs["data"], tmp_path), logs=tmp_path / "logs", prepare=third_save_fails, ok=False)
     line = error_line(proc)
     folder = tmp_path / RUN / "version_0" / "checkpoints"
     assert line.startswith(f"train_segmentation.py: error: cannot save checkpoint {folder}/"), line
