@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PRELOAD = ["torch", "lightning", "train_segmentation", "train_depth", "test_segmentation", "test_depth"]
 
-_CONTEXT = multiprocessing.get_context("forkserver")
+WARM_START_METHOD = "forkserver"  # multiprocessing's start method whose server preloads PRELOAD
+_CONTEXT = multiprocessing.get_context(WARM_START_METHOD)
 _CONTEXT.set_forkserver_preload(PRELOAD)
 
 

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from engine.losses import silog_loss
 from engine.metrics import DEPTH_METRIC_NAMES, DepthMetric, SegmentationMetric, crop_mask, depth_crop
+from tests.engine.script_processes import WARM_START_METHOD
 
 # ----------------------------------------------------------------------------------------------- segmentation
 
@@ -326,7 +327,8 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method=WARM_START_METHOD)
     seg_pred, seg_target, depth_pred, depth_gt = _ddp_data()
     seg, depth = SegmentationMetric(5, ignore_index=4), DepthMetric(max_depth=10.0)
     seg.update(seg_pred, seg_target)

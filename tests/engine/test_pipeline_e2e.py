@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
 DEPTH_DEMO = "configs/depth/upernet_bidense_demo.yaml"
 STEPS = 3  # training batches per epoch
+DDP_IMAGES = 6  # validation images per process in the DDP evaluation
 
 
 def run_warm(script: str, *args: str, folder: Path, **env_vars: str) -> Finished:
@@ -161,20 +162,22 @@ def test_resume_continues_the_schedule(trained):
 
 
 def test_test_script_writes_json_and_ddp_matches_one_process(trained, tmp_path):
-    """mIoU accumulated over the whole set is the same with one process and with two DDP processes.
+    """mIoU accumulated over a set is the same with one process and with two DDP processes: the first 12 validation
+    images, 6 per process (the distributed sampler deals them out in turn).
 
     Batches of one image and one thread per process, so that both runs compute every image alike (a binary
     network turns the last-bit differences of batched or multi-threaded convolutions into flipped signs).
     """
     ckpt = trained["b"] / "checkpoints" / "last.ckpt"
-    args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.LIMIT_VAL_BATCHES", "1.0",
-            "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
-    single = run_warm("test_segmentation.py", *args, "--cpu-processes", "1", folder=tmp_path, OMP_NUM_THREADS="1")
+    args = [SEG_DEMO, str(ckpt), *tiny(trained["data"], trained["out"]), "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
+    single = run_warm("test_segmentation.py", *args, "TRAINING.LIMIT_VAL_BATCHES", str(2 * DDP_IMAGES),
+                      "--cpu-processes", "1", folder=tmp_path, OMP_NUM_THREADS="1")
     assert "mIoU" in single.stdout
     result = json.loads(ckpt.with_name("last.test.json").read_text())
     one = result["metrics"]
     assert 0.0 <= one["mIoU"] <= 1.0 and 0.0 < one["pixAcc"] <= 1.0 and result["epoch"] == 2
-    run_warm("test_segmentation.py", *args, "--cpu-processes", "2", folder=tmp_path, OMP_NUM_THREADS="1")
+    run_warm("test_segmentation.py", *args, "TRAINING.LIMIT_VAL_BATCHES", str(DDP_IMAGES), "--cpu-processes", "2",
+             folder=tmp_path, OMP_NUM_THREADS="1")
     two = json.loads(ckpt.with_name("last.test.json").read_text())["metrics"]
     for key in ("mIoU", "pixAcc", "mIoU_present"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
@@ -189,7 +192,7 @@ def test_packed_checkpoint_evaluates_like_the_ckpt(trained, tmp_path, run_main):
     assert packed.stat().st_size * 10 < ckpt.stat().st_size
     copy = tmp_path / "last.ckpt"
     copy.write_bytes(ckpt.read_bytes())
-    args = [*tiny(trained["data"], tmp_path), "TRAINING.LIMIT_VAL_BATCHES", "1.0", "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
+    args = [*tiny(trained["data"], tmp_path), "TRAINING.LIMIT_VAL_BATCHES", "8", "TRAINING.BATCH_SIZE_ON_1_GPU", "1"]
     assert run_main("test_segmentation", SEG_DEMO, str(copy), *args).code == 0
     assert run_main("test_segmentation", SEG_DEMO, str(packed), *args).code == 0
     from_ckpt = json.loads(copy.with_name("last.test.json").read_text())
