@@ -11,7 +11,7 @@ from tests.engine.script_processes import run_script
 def test_bf16_mixed_demo_training_on_cpu(tmp_path):
     args = ["configs/segmentation/upernet_bidense_demo.yaml", "DATASET.DATA_PATH", str(tmp_path / "data"),
             "OUTPUT_DIR", str(tmp_path / "runs"), "DATASET.BASE_SIZE", "32", "DATASET.CROP_SIZE", "32",
-            "TRAINING.BATCH_SIZE", "4", "TRAINING.BATCH_SIZE_ON_1_GPU", "4", "TRAINING.LIMIT_TRAIN_BATCHES", "2",
+            "TRAINING.BATCH_SIZE", "2", "TRAINING.BATCH_SIZE_ON_1_GPU", "2", "TRAINING.LIMIT_TRAIN_BATCHES", "2",
             "TRAINING.LIMIT_VAL_BATCHES", "1", "TRAINING.NUM_EPOCHS", "1", "TRAINING.NUM_THREADS", "0",
             "TRAINING.LOG_EVERY_N_STEPS", "1", "TRAINING.PRECISION", "bf16-mixed"]
     done = run_script("train_segmentation.py", *args, folder=tmp_path / "logs", PYTHONWARNINGS="ignore")

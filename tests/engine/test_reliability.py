@@ -321,17 +321,18 @@ def test_sigkill_while_saving_leaves_a_whole_file(tmp_path):
     """A process rewriting a 16 MB checkpoint in a loop is SIGKILLed: the file still loads, whole."""
     path = tmp_path / "last.ckpt"
     atomic_save({"step": -1, "w": torch.full((4 << 20,), -1.0)}, path)
-    code = ("import sys, torch\nfrom engine.checkpoints import atomic_save\nfor step in range(10**6):\n"
-            "    atomic_save({'step': step, 'w': torch.full((4 << 20,), float(step))}, sys.argv[1])\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, env=env())
+    writer = tmp_path / "rewrite.py"
+    writer.write_text("import sys, torch\nfrom engine.checkpoints import atomic_save\nfor step in range(10**6):\n"
+                      "    atomic_save({'step': step, 'w': torch.full((4 << 20,), float(step))}, sys.argv[1])\n")
+    process = ScriptProcess(str(writer), [str(path)], env(), tmp_path / "logs")
     try:
         deadline = time.monotonic() + 60
-        while load(path)["step"] < 1 and proc.poll() is None and time.monotonic() < deadline:
+        while load(path)["step"] < 1 and process.process.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.13)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
     ckpt = load(path)
     assert ckpt["step"] >= 1 and torch.equal(ckpt["w"], torch.full((4 << 20,), float(ckpt["step"])))
 
