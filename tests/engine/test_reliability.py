@@ -43,7 +43,7 @@ from engine.cli import Devices
 from engine.errors import CheckpointWriteError, EmptyLoss
 from engine.task_module import DenseTaskModule
 from engine.trainer import RUN_DIR_ENV, build_trainer, run_dir
-from tests.engine.script_processes import Finished, ScriptProcess, script_env
+from tests.engine.script_processes import Finished, ScriptProcess, run_script, script_env
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = "configs/segmentation/upernet_bidense_demo.yaml"
@@ -90,9 +90,12 @@ def third_save_fails() -> None:
     torch.save = full_disk
 
 
+ENV = {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
 def env() -> dict[str, str]:
     """One thread (runs compared bit for bit compute alike), no warnings, no inherited run folder."""
-    return script_env(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return script_env(**ENV)
 
 
 def start(*args: str, logs: Path, prepare: Callable[[], None] | None = None) -> ScriptProcess:
@@ -101,11 +104,7 @@ def start(*args: str, logs: Path, prepare: Callable[[], None] | None = None) -> 
 
 
 def train(*args: str, logs: Path, prepare: Callable[[], None] | None = None, ok: bool = True) -> Finished:
-    process = start(*args, logs=logs, prepare=prepare)
-    try:
-        done = process.wait()
-    finally:
-        process.kill()
+    done = run_script("train_segmentation.py", SEG_DEMO, *args, folder=logs, prepare=prepare, **ENV)
     if ok:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
