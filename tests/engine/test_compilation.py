@@ -56,9 +56,10 @@ def test_disabled_leaves_the_model_eager():
 def test_compiled_matches_eager_forward_backward_and_checkpoints():
     """Inductor-compiled in place: the train-mode forward, the input and parameter gradients and the BatchNorm
     running statistics equal the eager copy's (float64, within 1e-9); the compiled state dict loads strictly into
-    an eager module and back, and the compiled module then computes what that eager module does. In float64: the
-    first conv's bias gradient is zero up to rounding (the BatchNorm after it removes any bias), so in float32 its
-    value is rounding noise that differs between the compiler's and eager's vector kernels."""
+    an eager module and back, and the compiled module then computes what that eager module does, in training and
+    in evaluation. In float64: the first conv's bias gradient is zero up to rounding (the BatchNorm after it
+    removes any bias), so in float32 its value is rounding noise that differs between the compiler's and eager's
+    vector kernels."""
     torch.manual_seed(0)
     eager = _Holder().double()
     compiled = compile_model(copy.deepcopy(eager), True)
@@ -85,6 +86,10 @@ def test_compiled_matches_eager_forward_backward_and_checkpoints():
             p.add_(0.25)
     compiled.load_state_dict(fresh.state_dict())
     torch.testing.assert_close(compiled.model(x), fresh.model(x), rtol=1e-10, atol=1e-12)
+    compiled.eval()
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.model(x), fresh.model(x), rtol=1e-10, atol=1e-12)
     torch._dynamo.reset()
 
 
