@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from benchmarks.common import add_allocator_argument, apply_allocator
+from benchmarks.common import add_allocator_argument, apply_allocator, dab_passes_name
 from configs.loading import load_config
 from engine.compilation import compile_model
 from engine.optimizer import adamw
@@ -84,7 +84,7 @@ def main() -> None:
 
     print(f"training step (forward, CE, backward, AdamW) of {cfg.MODEL.MODEL_TYPE}, batch {batch} at {size}x{size}, "
           f"{classes} classes, {args.threads} threads, median of {args.steps} after {args.warmup} warm-up; "
-          f"torch {torch.__version__}, {allocator}")
+          f"torch {torch.__version__}, {allocator}, {dab_passes_name(torch.device('cpu'))} (eager)")
     print(f"{'method':<10}{'first compiled s':>18}{'eager s':>10}{'compiled s':>12}{'compiled/eager':>16}"
           f"{'|loss gap| step 1':>19}")
     for method in args.methods:

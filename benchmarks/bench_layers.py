@@ -8,8 +8,10 @@ its peak memory (``torch.cuda.max_memory_allocated``).
 
 A shape whose time ratio misses the target (1.15) gets a "bound" line: the time of the DAB's elementwise passes
 alone (forward statistics and binary input, its rebuild and backward in the fused unit), which no convolution
-shares, as a fraction of the float unit's time; where the float convolution is cheap per input element (few
-output channels, 1x1 kernels, depthwise) those passes alone exceed the 15 % margin.
+shares, as a fraction of the float unit's time, and what is left of the difference (the bypass, the weights' sign
+and scale, fixed costs per call); where the float convolution is cheap per input element (few output channels,
+1x1 kernels, depthwise) those passes alone exceed the 15 % margin. The header says whether the DAB ran in the
+native CPU kernels (`binary.native`) or in PyTorch ops (``BIDENSE_NATIVE_KERNELS=0``).
 
     python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--default-allocator]
         [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]
@@ -25,7 +27,15 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.common import CLOCKS, add_allocator_argument, apply_allocator, autocast, saved_bytes, sync
+from benchmarks.common import (
+    CLOCKS,
+    add_allocator_argument,
+    apply_allocator,
+    autocast,
+    dab_passes_name,
+    saved_bytes,
+    sync,
+)
 from binary.functional import _dab_backward_nchw, _dab_forward_nchw, _dab_input_nchw
 from binary.layers import BiDenseConv2d, BypassDown
 
@@ -147,7 +157,7 @@ def main() -> None:
     header = (f"{'layer':28s} {'C_in->C_out':>11s} {'k/s/g':>8s} {'HxW':>7s} | {'BiDense ms':>10s} {'float ms':>9s} "
               f"{'time x':>6s} {'img/s':>7s} | {'BiDense MB':>10s} {'float MB':>9s} {'mem x':>6s} {'peak MB':>8s}")
     print(f"batch {args.batch}, {device}, precision {args.precision}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {allocator}, median of "
+          f"torch {torch.__version__}, {allocator}, {dab_passes_name(device)}, median of "
           f"{args.reps} alternated runs; MB = saved for backward; img/s and peak MB (CUDA max_memory_allocated) of "
           "the BiDense unit")
     print(header)
@@ -170,7 +180,9 @@ def main() -> None:
             (td, _), _ = step_times([dab_passes(modules[0]), modules[1]], x, args.reps, args.precision)
             bounds.append(f"  {name}: the DAB passes alone take {td * 1e3:.1f} ms = {td / tf:.2f} of the float "
                           f"unit's {tf * 1e3:.1f} ms, so the ratio is at least {1 + td / tf:.2f} with any conv "
-                          f"({c_out} outputs x {k}x{k}/{g} per input element)")
+                          f"({c_out} outputs x {k}x{k}/{g} per input element); the other "
+                          f"{max(tb - tf - td, 0.0) / tf:.2f} is the bypass, the weights' sign and scale and the "
+                          "per-call work")
     print("-" * len(header))
     print(f"time ratio: median {statistics.median(time_ratios):.2f}, worst {max(time_ratios):.2f} "
           f"(targets <= {TARGET}, <= 1.6);  saved-memory ratio: worst {max(mem_ratios):.2f}")

@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from benchmarks.common import CLOCKS, add_allocator_argument, apply_allocator, autocast, saved_bytes, sync
+from benchmarks.common import (
+    CLOCKS,
+    add_allocator_argument,
+    apply_allocator,
+    autocast,
+    dab_passes_name,
+    saved_bytes,
+    sync,
+)
 from engine.optimizer import adamw
 
 NUM_CLASSES = 151
@@ -138,6 +146,7 @@ def main() -> None:
               "saved-for-backward MB" if args.mode == "train" else "eval-cache MB")
     print(f"{what}, batch {args.batch} at {args.size}x{args.size}, {device}, precision {args.precision}, "
           f"{args.threads} threads, {args.clock} clock, torch {torch.__version__}, {allocator}, "
+          f"{dab_passes_name(device)}, "
           f"{'compiled, ' if args.compile else ''}median of {args.steps} after {args.warmup} warm-up")
     print(f"memory column: {memory}")
     header = (f"{'model':<9}{args.binary + ' s':>12}{args.float_ + ' s':>12}{'ratio':>8} | {'img/s':>7}"

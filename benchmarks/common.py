@@ -1,5 +1,5 @@
 """What the benchmark scripts share: clocks, device synchronisation, the autocast of a precision, saved bytes, the
-host allocator."""
+host allocator, which DAB passes ran."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import torch
 from torch import nn
 
+from binary import native
 from engine.host_allocator import keep_freed_host_memory
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -57,3 +58,11 @@ def apply_allocator(args: argparse.Namespace) -> str:
     if not args.default_allocator and keep_freed_host_memory():
         return "freed host memory reused"
     return "default host allocator"
+
+
+def dab_passes_name(device: torch.device) -> str:
+    """Which DAB passes the fused units run on ``device``, for the header: the native CPU kernels
+    (`binary.native`; ``BIDENSE_NATIVE_KERNELS=0`` measures without them) or PyTorch ops."""
+    if device.type == "cpu" and native.library() is not None:
+        return "DAB in native kernels"
+    return "DAB in PyTorch ops"

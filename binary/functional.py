@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from binary import native
+
 _Dims = int | Sequence[int]
 
 
@@ -415,7 +417,9 @@ def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
     |x - beta| and its sum; sign(x - beta) * alpha written over it. (The sum of |s| written out is faster than
     torch's 1-norm reduction, several times so for short rows, and recomputing s costs one pass.) Statistics and
     the binary input are in `_stat_dtype` (float32 for a bfloat16 input); the binary input is workspace memory
-    (`_Workspace.take`)."""
+    (`_Workspace.take`). Contiguous float32 / float64 CPU tensors go to the native kernels (`binary.native`)."""
+    if native.usable(x, k, b, a):
+        return native.dab_forward(x, k, b, a, _WORKSPACE.take("input", x.shape, x.dtype, x.device))
     n, c = x.shape[:2]
     xr = x.view(n * c, -1)
     hw = xr.shape[1]
@@ -436,7 +440,9 @@ def _dab_forward_nchw(x: Tensor, k: Tensor, b: Tensor, a: Tensor):
 
 def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
     """Rebuild the binary input alpha * sign(x - beta) of a contiguous NCHW tensor, block by block, in the dtype of
-    the statistics and in workspace memory (`_Workspace.take`)."""
+    the statistics and in workspace memory (`_Workspace.take`); natively where `_dab_forward_nchw` is."""
+    if beta.dtype == x.dtype and native.usable(x):
+        return native.dab_binary_input(x, beta, alpha, _WORKSPACE.take("input", x.shape, x.dtype, x.device))
     xr = x.view(beta.numel(), -1)
     beta_r, alpha_r = beta.view(-1, 1), alpha.view(-1, 1)
     out = _WORKSPACE.take("input", xr.shape, beta.dtype, x.device)
@@ -447,24 +453,36 @@ def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
 
 def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: Tensor, alpha: Tensor, mad: Tensor,
                        shapes: tuple, needs: Sequence[bool]):
-    """`_dab_backward` for contiguous NCHW tensors, block by block; consumes ``gxb`` (becomes dL/dx) and ``xb``."""
+    """`_dab_backward` for contiguous NCHW tensors, block by block (natively where `_dab_forward_nchw` is);
+    consumes ``gxb`` (becomes dL/dx) and ``xb``."""
     k_shape, b_shape, a_shape = shapes
+    if gxb.dtype == beta.dtype == x.dtype and gxb.is_contiguous() and native.usable(x):
+        gxb, sign_dot, per_stat = native.dab_backward(gxb, x, beta, alpha, needs[3])
+    else:
+        sign_dot, per_stat = _dab_backward_blocks(gxb, xb, x, beta, alpha, needs[3])
+    per_stat = per_stat.view_as(beta)
+    ga = (sign_dot.view_as(alpha) * (mad - 1.0)).sum_to_size(a_shape) if needs[3] else None
+    gk = (per_stat * mean).neg_().sum_to_size(k_shape) if needs[1] else None
+    gb = per_stat.neg().sum_to_size(b_shape) if needs[2] else None
+    return gxb, gk, gb, ga
+
+
+def _dab_backward_blocks(gxb: Tensor, xb: Tensor, x: Tensor, beta: Tensor, alpha: Tensor,
+                         need_sign_dot: bool) -> tuple[Tensor, Tensor]:
+    """The PyTorch passes of `_dab_backward_nchw`: ``gxb`` becomes dL/dx in place; returns the per-row sums of
+    gxb * xb and of dL/dx."""
     rows = beta.numel()
     gr, xbr, xr = gxb.view(rows, -1), xb.view(rows, -1), x.view(rows, -1)
     beta_r, scale = beta.view(-1, 1), (-2.0 * alpha).view(-1, 1)
     sign_dot, per_stat = torch.empty_like(beta_r), torch.empty_like(beta_r)
     for i, j in _blocks(x, *gr.shape):
         g, o = gr[i:j], xbr[i:j]
-        if needs[3]:
+        if need_sign_dot:
             torch.sum(o.mul_(g), 1, keepdim=True, out=sign_dot[i:j])
         torch.sub(xr[i:j], beta_r[i:j], out=o).abs_().sub_(1.0).clamp_(max=0.0)
         g.mul_(o).mul_(scale[i:j])  # g * alpha * 2 * max(0, 1 - |s|)
         torch.sum(g, 1, keepdim=True, out=per_stat[i:j])
-    per_stat = per_stat.view_as(beta)
-    ga = (sign_dot.view_as(alpha) * (mad - 1.0)).sum_to_size(a_shape) if needs[3] else None
-    gk = (per_stat * mean).neg_().sum_to_size(k_shape) if needs[1] else None
-    gb = per_stat.neg().sum_to_size(b_shape) if needs[2] else None
-    return gxb, gk, gb, ga
+    return sign_dot, per_stat
 
 
 def conv_weight_and_scale(weight: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,11 +1,21 @@
 """Suite-wide: no test touches the network.  torch.hub's download is replaced by one that fails, and its cache
 folder is a per-test temporary one, so the standard pretrained weights (`models.pretrained`) are never fetched
-nor read from the user's cache."""
+nor read from the user's cache. The native DAB kernels are built once per session into a temporary folder, not
+the user's cache (the scripts the tests start inherit it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _native_kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BIDENSE_CACHE_DIR", str(tmp_path_factory.mktemp("bidense_cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

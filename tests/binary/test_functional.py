@@ -270,10 +270,11 @@ def test_fused_dab_conv_equals_composition(transposed, stride, groups, bias):
 
 @pytest.mark.parametrize("block", [1, 80, 1 << 20])
 def test_fused_dab_conv_blocked_passes(monkeypatch, block):
-    """The fused passes run in blocks of (sample, channel) rows; any block size (one row, a ragged last block,
-    everything at once) gives the same values and gradients."""
+    """The PyTorch passes (where the native kernels do not run) go in blocks of (sample, channel) rows; any
+    block size (one row, a ragged last block, everything at once) gives the same values and gradients."""
     import binary.functional as fn
 
+    monkeypatch.setattr(fn.native, "usable", lambda *tensors: False)
     monkeypatch.setattr(fn, "_BLOCK_ELEMENTS", block)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # blocks of exactly `block` elements
     torch.manual_seed(3)

@@ -1,0 +1,116 @@
+/* Native CPU passes of the Distribution-adaptive Binarizer (DAB) of arXiv 2411.10346 (Sec. 3.2, Eq. 4-6), for
+ * contiguous NCHW tensors seen as rows = N * C (sample, channel) rows of len = H * W elements.
+ *
+ * PyTorch runs the DAB as a chain of elementwise ops, each one a pass over memory; here each row is read once from
+ * memory and its later passes hit the cache:
+ *
+ *   dab_forward:      mean = sum(x) / len;  beta = k_c * mean + b_c;  mad = sum|x - beta| / len;
+ *                     alpha = exp(a_c * (mad - 1));  out = alpha * sign(x - beta)
+ *   dab_binary_input: out = alpha * sign(x - beta)                    (the binary input rebuilt for backward)
+ *   dab_backward:     sign_dot = sum(g * alpha * sign(x - beta));      (dL/da before its per-row factor)
+ *                     g <- (g * min(|x - beta| - 1, 0)) * (-2 alpha);  per_stat = sum(g)  (dL/dx, dL/dbeta)
+ *
+ * Every element is computed with the same IEEE operations, in the same order, as the PyTorch ops (no contraction
+ * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ, accumulated here in double
+ * over 16 lanes instead of PyTorch's cascade. Rows are split over OpenMP threads (PyTorch's own runtime once
+ * PyTorch is loaded). Compiled on first use by binary/native.py.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define LANES 16
+
+#define SIGN_TIMES(v, al) ((v) > 0 ? (al) : ((v) < 0 ? -(al) : (v) * (al)))
+
+/* One element of dab_backward: gr[idx] becomes dL/dx, its terms go to lane l of the two row sums. */
+#define BACKWARD_STEP(T, ABS, idx, l)                                                                         \
+    do {                                                                                                      \
+        const T v = xr[idx] - bt;                                                                             \
+        T t = ABS(v) - (T)1;                                                                                  \
+        t = t > 0 ? (T)0 : t;                                                                                 \
+        const T grad = gr[idx];                                                                               \
+        const T gx = (grad * t) * scale;                                                                      \
+        dot[l] += (double)(grad * SIGN_TIMES(v, al));                                                         \
+        sum[l] += (double)gx;                                                                                 \
+        gr[idx] = gx;                                                                                         \
+    } while (0)
+
+#define DAB_KERNELS(T, SUFFIX, EXP, ABS)                                                                      \
+    static double abs_dev_sum_##SUFFIX(const T *x, int64_t len, T beta) {                                    \
+        double acc[LANES] = {0};                                                                              \
+        int64_t i = 0;                                                                                        \
+        for (; i + LANES <= len; i += LANES)                                                                  \
+            for (int l = 0; l < LANES; ++l) acc[l] += (double)ABS(x[i + l] - beta);                           \
+        for (int l = 0; i < len; ++i, ++l) acc[l] += (double)ABS(x[i] - beta);                                \
+        for (int w = LANES / 2; w > 0; w /= 2)                                                                \
+            for (int l = 0; l < w; ++l) acc[l] += acc[l + w];                                                 \
+        return acc[0];                                                                                        \
+    }                                                                                                         \
+                                                                                                              \
+    void dab_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *k, const T *b,         \
+                              const T *a, T *out, T *mean, T *beta, T *alpha, T *mad, int threads) {          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+        for (int64_t r = 0; r < n * c; ++r) {                                                                 \
+            const int64_t ch = r % c;                                                                         \
+            const T *xr = x + r * len;                                                                        \
+            T *o = out + r * len;                                                                             \
+            double acc[LANES] = {0};                                                                          \
+            int64_t i = 0;                                                                                    \
+            for (; i + LANES <= len; i += LANES)                                                              \
+                for (int l = 0; l < LANES; ++l) acc[l] += (double)xr[i + l];                                  \
+            for (int l = 0; i < len; ++i, ++l) acc[l] += (double)xr[i];                                       \
+            for (int w = LANES / 2; w > 0; w /= 2)                                                            \
+                for (int l = 0; l < w; ++l) acc[l] += acc[l + w];                                             \
+            const T m = (T)(acc[0] / (double)len);                                                            \
+            const T bt = k[ch] * m + b[ch];                                                                   \
+            const T md = (T)(abs_dev_sum_##SUFFIX(xr, len, bt) / (double)len);                               \
+            const T al = EXP(a[ch] * (md - (T)1));                                                           \
+            mean[r] = m;                                                                                      \
+            beta[r] = bt;                                                                                     \
+            mad[r] = md;                                                                                      \
+            alpha[r] = al;                                                                                    \
+            for (i = 0; i < len; ++i) {                                                                       \
+                const T v = xr[i] - bt;                                                                       \
+                o[i] = SIGN_TIMES(v, al);                                                                     \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    void dab_binary_input_##SUFFIX(int64_t rows, int64_t len, const T *x, const T *beta, const T *alpha,     \
+                                   T *out, int threads) {                                                     \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+        for (int64_t r = 0; r < rows; ++r) {                                                                  \
+            const T *xr = x + r * len;                                                                        \
+            T *o = out + r * len;                                                                             \
+            const T bt = beta[r], al = alpha[r];                                                              \
+            for (int64_t i = 0; i < len; ++i) {                                                               \
+                const T v = xr[i] - bt;                                                                       \
+                o[i] = SIGN_TIMES(v, al);                                                                     \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    void dab_backward_##SUFFIX(int64_t rows, int64_t len, T *g, const T *x, const T *beta, const T *alpha,   \
+                               T *sign_dot, T *per_stat, int threads) {                                       \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+        for (int64_t r = 0; r < rows; ++r) {                                                                  \
+            const T *xr = x + r * len;                                                                        \
+            T *gr = g + r * len;                                                                              \
+            const T bt = beta[r], al = alpha[r], scale = (T)-2 * al;                                          \
+            double dot[LANES] = {0}, sum[LANES] = {0};                                                        \
+            int64_t i = 0;                                                                                    \
+            for (; i + LANES <= len; i += LANES)                                                              \
+                for (int l = 0; l < LANES; ++l) BACKWARD_STEP(T, ABS, i + l, l);                              \
+            for (int l = 0; i < len; ++i, ++l) BACKWARD_STEP(T, ABS, i, l);                                   \
+            for (int w = LANES / 2; w > 0; w /= 2)                                                            \
+                for (int l = 0; l < w; ++l) {                                                                 \
+                    dot[l] += dot[l + w];                                                                     \
+                    sum[l] += sum[l + w];                                                                     \
+                }                                                                                             \
+            if (sign_dot) sign_dot[r] = (T)dot[0];                                                            \
+            per_stat[r] = (T)sum[0];                                                                          \
+        }                                                                                                     \
+    }
+
+DAB_KERNELS(float, f32, expf, fabsf)
+DAB_KERNELS(double, f64, exp, fabs)

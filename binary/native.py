@@ -1,0 +1,167 @@
+"""Native CPU kernels of the DAB passes (``binary/dab_kernels.c``): built on first use with the system's C compiler,
+cached, and loaded with ctypes; the fused BiDense units (`binary.functional`) call them for contiguous float32 /
+float64 CPU tensors and run the same passes as PyTorch ops everywhere else.
+
+PyTorch runs the DAB's statistics and sign as a chain of elementwise ops, one pass over memory each; the kernels
+read each (sample, channel) row once and keep it in cache for the rest (README, "Speed"). Every element gets the
+same IEEE operations as the PyTorch ops; the per-row sums (mean, mean|s|, the gradients of k, b and a) are
+accumulated in double, so they differ from PyTorch's float32 sums by rounding only.
+
+The library is compiled with ``$CC`` (else ``cc`` / ``gcc``), ``-O3 -march=native -fopenmp``, into
+``$BIDENSE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bidense``, else ``~/.cache/bidense``), one file per source, CPU
+and compiler, written atomically so that concurrent processes (DDP ranks) can build it at once. Where that fails
+(no compiler, no OpenMP) one warning says why and the PyTorch ops run. ``BIDENSE_NATIVE_KERNELS=0`` turns the
+kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("dab_kernels.c")
+SWITCH = "BIDENSE_NATIVE_KERNELS"
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_MIN_PARALLEL = 1 << 15  # elements below which one thread runs the pass (a parallel region costs more)
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept."""
+    if os.environ.get("BIDENSE_CACHE_DIR"):
+        return Path(os.environ["BIDENSE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bidense"
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise OSError("no C compiler found (set CC)")
+    return compiler
+
+
+def _cpu_signature() -> str:
+    """The machine and, on Linux, the CPU's feature flags: a library built with -march=native for one CPU is never
+    loaded on another (a cache directory shared between cluster nodes)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def library_path(compiler: str) -> Path:
+    """The cached library's file for this source, compiler, flags and CPU."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    return cache_dir() / f"dab_kernels-{key}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
+            raise OSError(f"{compiler} could not build {SOURCE.name}: {lines[-1]}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _load() -> ctypes.CDLL:
+    compiler = _compiler()
+    path = library_path(compiler)
+    if not path.exists():
+        _build(compiler, path)
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for suffix in _SUFFIX.values():
+        getattr(lib, f"dab_forward_{suffix}").argtypes = [i64, i64, i64, *[ptr] * 9, i32]
+        getattr(lib, f"dab_binary_input_{suffix}").argtypes = [i64, i64, *[ptr] * 4, i32]
+        getattr(lib, f"dab_backward_{suffix}").argtypes = [i64, i64, *[ptr] * 6, i32]
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (turned off by ``BIDENSE_NATIVE_KERNELS=0``, or not buildable: one warning)."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    try:
+        return _load()
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:
+        warnings.warn(f"the DAB runs as PyTorch ops, its native CPU kernels are unavailable: {error} (set "
+                      f"{SWITCH}=0 to silence this)", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def usable(x: Tensor, *per_channel: Tensor) -> bool:
+    """Whether the kernels take ``x`` (a contiguous float32 / float64 CPU tensor, channels on dim 1) with the
+    per-channel parameters ``per_channel`` (one value per channel, same dtype), outside `torch.compile` (whose
+    compiler fuses the PyTorch ops itself)."""
+    if x.device.type != "cpu" or x.dtype not in _SUFFIX or not x.is_contiguous() or x.dim() < 2:
+        return False
+    if any(t.device != x.device or t.dtype != x.dtype or t.numel() != x.shape[1] for t in per_channel):
+        return False
+    return not torch.compiler.is_compiling() and library() is not None
+
+
+def _threads(x: Tensor) -> int:
+    return torch.get_num_threads() if x.numel() >= _MIN_PARALLEL else 1
+
+
+def _p(t: Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _per_row(x: Tensor, rows: int) -> Tensor:
+    return torch.empty(rows, dtype=x.dtype, device=x.device)
+
+
+def dab_forward(x: Tensor, k: Tensor, b: Tensor, a: Tensor, out: Tensor) -> tuple[Tensor, ...]:
+    """The DAB forward of ``x`` (N, C, ...) written into ``out`` (x's shape and dtype): returns
+    (out, mean, beta, alpha, mean|s|), the statistics of shape (N, C, 1, ...)."""
+    n, c = x.shape[:2]
+    mean, beta, alpha, mad = (_per_row(x, n * c) for _ in range(4))
+    params = (t.detach().contiguous() for t in (k, b, a))
+    getattr(library(), f"dab_forward_{_SUFFIX[x.dtype]}")(
+        n, c, x[0, 0].numel(), _p(x), *map(_p, params), _p(out), _p(mean), _p(beta), _p(alpha), _p(mad),
+        _threads(x))
+    stat = (n, c) + (1,) * (x.dim() - 2)
+    return out, *(t.view(stat) for t in (mean, beta, alpha, mad))
+
+
+def dab_binary_input(x: Tensor, beta: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
+    """``alpha * sign(x - beta)`` written into ``out``; ``beta``, ``alpha``: one value per (sample, channel)."""
+    rows = beta.numel()
+    getattr(library(), f"dab_binary_input_{_SUFFIX[x.dtype]}")(
+        rows, x.numel() // rows, _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(out), _threads(x))
+    return out
+
+
+def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor,
+                 sign_dot: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The DAB backward from dL/d(binary input) ``grad`` (contiguous, x's dtype; overwritten with dL/dx):
+    returns (dL/dx, per-row sum of grad * alpha * sign(x - beta) when ``sign_dot``, per-row sum of dL/dx)."""
+    rows = beta.numel()
+    dot = _per_row(x, rows) if sign_dot else None
+    per_stat = _per_row(x, rows)
+    getattr(library(), f"dab_backward_{_SUFFIX[x.dtype]}")(
+        rows, x.numel() // rows, _p(grad), _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(dot),
+        _p(per_stat), _threads(x))
+    return grad, dot, per_stat
