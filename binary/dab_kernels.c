@@ -9,6 +9,8 @@
  *   dab_binary_input: out = alpha * sign(x - beta)                    (the binary input rebuilt for backward)
  *   dab_backward:     sign_dot = sum(g * alpha * sign(x - beta));      (dL/da before its per-row factor)
  *                     g <- (g * min(|x - beta| - 1, 0)) * (-2 alpha);  per_stat = sum(g)  (dL/dx, dL/dbeta)
+ *                     then, given the unit's output gradient, g += CFB^T(output gradient) (the Channel-adaptive
+ *                     Full-precision Bypass's adjoint, Sec. 3.3: tiles added, merged channels divided by their size)
  *
  * Every element is computed with the same IEEE operations, in the same order, as the PyTorch ops (no contraction
  * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ, accumulated here in double
@@ -45,6 +47,25 @@
         for (int w = LANES / 2; w > 0; w /= 2)                                                                \
             for (int l = 0; l < w; ++l) acc[l] += acc[l + w];                                                 \
         return acc[0];                                                                                        \
+    }                                                                                                         \
+                                                                                                              \
+    /* Row r = (sample, channel c) of dL/dx gets CFB^T of the output gradient, in the order of PyTorch's adjoint:  \
+     * the r_t tiles (output channel t * c_in + c), then the merged channel it belongs to divided by its size   \
+     * (c < R: channel r_t * c_in + c % (m - 1) over g inputs; else the last channel over c_in - R inputs). */   \
+    static void add_bypass_grad_##SUFFIX(T *gr, const T *bypass, int64_t r, int64_t len, int64_t c_in,        \
+                                         int64_t c_out) {                                                     \
+        const int64_t n = r / c_in, c = r % c_in, tiles = c_out / c_in, m = c_out % c_in;                    \
+        const T *out_rows = bypass + n * c_out * len;                                                         \
+        for (int64_t t = 0; t < tiles; ++t) {                                                                 \
+            const T *o = out_rows + (t * c_in + c) * len;                                                     \
+            for (int64_t i = 0; i < len; ++i) gr[i] = gr[i] + o[i];                                           \
+        }                                                                                                     \
+        if (!m) return;                                                                                       \
+        const int64_t group = c_in / m, merged_inputs = group * (m - 1);                                      \
+        const int64_t channel = c < merged_inputs ? tiles * c_in + c % (m - 1) : c_out - 1;                   \
+        const T size = (T)(c < merged_inputs ? group : c_in - merged_inputs);                                 \
+        const T *o = out_rows + channel * len;                                                                \
+        for (int64_t i = 0; i < len; ++i) gr[i] = gr[i] + o[i] / size;                                        \
     }                                                                                                         \
                                                                                                               \
     void dab_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *k, const T *b,         \
@@ -91,7 +112,8 @@
     }                                                                                                         \
                                                                                                               \
     void dab_backward_##SUFFIX(int64_t rows, int64_t len, T *g, const T *x, const T *beta, const T *alpha,   \
-                               T *sign_dot, T *per_stat, int threads) {                                       \
+                               T *sign_dot, T *per_stat, const T *bypass, int64_t c_in, int64_t c_out,         \
+                               int threads) {                                                                 \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < rows; ++r) {                                                                  \
             const T *xr = x + r * len;                                                                        \
@@ -109,6 +131,7 @@
                 }                                                                                             \
             if (sign_dot) sign_dot[r] = (T)dot[0];                                                            \
             per_stat[r] = (T)sum[0];                                                                          \
+            if (bypass) add_bypass_grad_##SUFFIX(gr, bypass, r, len, c_in, c_out);                            \
         }                                                                                                     \
     }
 

@@ -452,14 +452,20 @@ def _dab_input_nchw(x: Tensor, beta: Tensor, alpha: Tensor) -> Tensor:
 
 
 def _dab_backward_nchw(gxb: Tensor, xb: Tensor, x: Tensor, mean: Tensor, beta: Tensor, alpha: Tensor, mad: Tensor,
-                       shapes: tuple, needs: Sequence[bool]):
+                       shapes: tuple, needs: Sequence[bool], bypass_grad: Tensor | None = None):
     """`_dab_backward` for contiguous NCHW tensors, block by block (natively where `_dab_forward_nchw` is);
-    consumes ``gxb`` (becomes dL/dx) and ``xb``."""
+    consumes ``gxb`` (becomes dL/dx) and ``xb``. ``bypass_grad``: the unit's output gradient, whose CFB adjoint is
+    added to dL/dx (in the same pass natively)."""
     k_shape, b_shape, a_shape = shapes
     if gxb.dtype == beta.dtype == x.dtype and gxb.is_contiguous() and native.usable(x):
-        gxb, sign_dot, per_stat = native.dab_backward(gxb, x, beta, alpha, needs[3])
+        fused = bypass_grad is not None and native.takes_bypass_grad(bypass_grad, x)
+        gxb, sign_dot, per_stat = native.dab_backward(gxb, x, beta, alpha, needs[3], bypass_grad if fused else None)
+        if fused:
+            bypass_grad = None
     else:
         sign_dot, per_stat = _dab_backward_blocks(gxb, xb, x, beta, alpha, needs[3])
+    if bypass_grad is not None:
+        _cfb_transpose(bypass_grad, gxb, accumulate=True)
     per_stat = per_stat.view_as(beta)
     ga = (sign_dot.view_as(alpha) * (mad - 1.0)).sum_to_size(a_shape) if needs[3] else None
     gk = (per_stat * mean).neg_().sum_to_size(k_shape) if needs[1] else None
@@ -532,11 +538,12 @@ def _dab_conv_forward(x: Tensor, k: Tensor, b: Tensor, a: Tensor, wb: Tensor, bi
     return z, mean, beta, alpha, mad
 
 
-def _dab_conv_backward(grad_z, x, weight, gamma, mean, beta, alpha, mad, bias_shape, conv, shapes, needs, dtype):
+def _dab_conv_backward(grad_z, x, weight, gamma, mean, beta, alpha, mad, bias_shape, conv, shapes, needs, dtype,
+                       bypass_grad=None):
     """dL/d(x, k, b, a, weight, bias) of conv(dab(x), binarize_weight(weight)) + bias from dL/d(conv output).
     Rebuilds the binary input from x and the binary weight from the forward's scale ``gamma``; the convolution's
-    backward runs in ``dtype``, the DAB's in the statistics' dtype. dL/dx is returned even when x does not need it
-    (callers add the bypass)."""
+    backward runs in ``dtype``, the DAB's in the statistics' dtype. ``bypass_grad``: the gradient of a unit output
+    that adds CFB(x); its adjoint is added to dL/dx."""
     need_x = any(needs[:4])
     xb = _dab_input_nchw(x, beta, alpha)
     gxb, gwb, gbias = torch.ops.aten.convolution_backward(
@@ -548,7 +555,7 @@ def _dab_conv_backward(grad_z, x, weight, gamma, mean, beta, alpha, mad, bias_sh
     if not need_x:
         return None, None, None, None, gw, gbias
     gx, gk, gb, ga = _dab_backward_nchw(gxb.to(xb.dtype).contiguous(), xb, x, mean, beta, alpha, mad, shapes,
-                                        needs[:4])
+                                        needs[:4], bypass_grad)
     return gx, gk, gb, ga, gw, gbias
 
 
@@ -650,13 +657,9 @@ class _BiDenseUnit(Function):
                 grad.to(z.dtype), z, bn_weight, r_mean, r_var, save_mean, save_invstd, *ctx.bn,
                 [True, needs[6], needs[7]])
             gx, gk, gb, ga, gw, gbias = _dab_conv_backward(gz, x, weight, gamma, mean, beta, alpha, mad,
-                                                           ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6], ctx.dtype)
-            del gz
-            rest = (gw, gbias, gbn_w, gbn_b, *([None] * 13))
-            if gx is None:
-                return None, None, None, None, *rest
-            if ctx.bypass:
-                _cfb_transpose(grad, gx, accumulate=True)
+                                                           ctx.bias_shape, ctx.conv, ctx.shapes, needs[:6], ctx.dtype,
+                                                           grad if ctx.bypass else None)
+        rest = (gw, gbias, gbn_w, gbn_b, *([None] * 13))
         return (_cast(gx, x.dtype) if needs[0] else None), gk, gb, ga, *rest
 
 

@@ -93,7 +93,7 @@ def _load() -> ctypes.CDLL:
     for suffix in _SUFFIX.values():
         getattr(lib, f"dab_forward_{suffix}").argtypes = [i64, i64, i64, *[ptr] * 9, i32]
         getattr(lib, f"dab_binary_input_{suffix}").argtypes = [i64, i64, *[ptr] * 4, i32]
-        getattr(lib, f"dab_backward_{suffix}").argtypes = [i64, i64, *[ptr] * 6, i32]
+        getattr(lib, f"dab_backward_{suffix}").argtypes = [i64, i64, *[ptr] * 7, i64, i64, i32]
     return lib
 
 
@@ -154,14 +154,22 @@ def dab_binary_input(x: Tensor, beta: Tensor, alpha: Tensor, out: Tensor) -> Ten
     return out
 
 
-def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor,
-                 sign_dot: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+def takes_bypass_grad(grad: Tensor, x: Tensor) -> bool:
+    """Whether `dab_backward` can add the bypass gradient ``grad`` (the unit's output gradient) to x's."""
+    return grad.dtype == x.dtype and grad.is_contiguous() and grad.shape[2:] == x.shape[2:]
+
+
+def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor, sign_dot: bool,
+                 bypass_grad: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """The DAB backward from dL/d(binary input) ``grad`` (contiguous, x's dtype; overwritten with dL/dx):
-    returns (dL/dx, per-row sum of grad * alpha * sign(x - beta) when ``sign_dot``, per-row sum of dL/dx)."""
+    returns (dL/dx, per-row sum of grad * alpha * sign(x - beta) when ``sign_dot``, per-row sum of the DAB's
+    dL/dx). ``bypass_grad``: the unit's output gradient (`takes_bypass_grad`), whose CFB adjoint is added to
+    dL/dx after the sums (`binary.functional.channel_adaptive_bypass`)."""
     rows = beta.numel()
     dot = _per_row(x, rows) if sign_dot else None
     per_stat = _per_row(x, rows)
+    c_out = 0 if bypass_grad is None else bypass_grad.shape[1]
     getattr(library(), f"dab_backward_{_SUFFIX[x.dtype]}")(
         rows, x.numel() // rows, _p(grad), _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(dot),
-        _p(per_stat), _threads(x))
+        _p(per_stat), _p(bypass_grad), x.shape[1], c_out, _threads(x))
     return grad, dot, per_stat

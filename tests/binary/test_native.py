@@ -84,12 +84,13 @@ def test_kernels_follow_the_dab_equations(shape, dtype, tol, threads):
 
 @pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-12, 1e-12), (torch.float32, 1e-5, 1e-5)])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_fused_units_give_the_pytorch_passes_values_and_gradients(monkeypatch, dtype, rtol, atol, transposed,
+@pytest.mark.parametrize("c_out", [6, 9, 4, 13, 2])  # CFB: one tile; tile + 3 merged; 4 merged; 2 tiles + 1; 2 merged
+def test_fused_units_give_the_pytorch_passes_values_and_gradients(monkeypatch, dtype, rtol, atol, transposed, c_out,
                                                                    threads):
-    """The whole BiDense unit (DAB, binary conv, BatchNorm, CFB) and the fused DAB conv, native against PyTorch:
-    outputs, running statistics and every gradient."""
+    """The whole BiDense unit (DAB, binary conv, BatchNorm, CFB) and the fused DAB conv, native (the bypass
+    gradient added in the DAB backward's pass) against PyTorch: outputs, running statistics and every gradient."""
     torch.manual_seed(6)
-    c_in, c_out = 6, 9
+    c_in = 6
     x = (torch.randn(3, c_in, 7, 9, dtype=dtype) * 1.5).requires_grad_()
     params = [t.requires_grad_() for t in _params(c_in, dtype)]
     w = (torch.randn((c_in, c_out, 1, 1) if transposed else (c_out, c_in, 1, 1), dtype=dtype) * 0.8)
@@ -104,11 +105,11 @@ def test_fused_units_give_the_pytorch_passes_values_and_gradients(monkeypatch, d
         g = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
         return [y, z, *stats, *torch.autograd.grad((y * g).sum() + (z * g).sum(), inputs)]
 
-    calls = []
-    monkeypatch.setattr(native, "dab_backward", lambda *args, f=native.dab_backward, **kw: calls.append(1) or f(
-        *args, **kw))
+    bypass_grads = []
+    monkeypatch.setattr(native, "dab_backward", lambda *args, f=native.dab_backward: bypass_grads.append(
+        args[5] is not None) or f(*args))
     with_kernels = run()
-    assert calls, "the native backward did not run"
+    assert sorted(bypass_grads) == [False, True]  # the unit with its bypass, the DAB conv without one
     monkeypatch.setattr(fn.native, "usable", lambda *tensors: False)
     without = run()
     for got, want in zip(with_kernels, without, strict=True):
