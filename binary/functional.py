@@ -363,6 +363,40 @@ def add_channel_adaptive_bypass_(y: Tensor, x: Tensor, dim: int = 1) -> Tensor:
     return _AddCFB.apply(y, x, dim % y.dim())
 
 
+class _BlockMean(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int) -> Tensor:
+        ctx.k = k
+        n, c, h, w = x.shape
+        blocks = x.view(n, c, h // k, k, w // k, k)
+        out = blocks[:, :, :, 0, :, 0].clone()
+        for i in range(k):
+            for j in range(k):
+                if i or j:
+                    out.add_(blocks[:, :, :, i, :, j])
+        return out.div_(k * k)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        k = ctx.k
+        n, c, h, w = grad.shape
+        return (grad / (k * k)).view(n, c, h, 1, w, 1).expand(n, c, h, k, w, k).reshape(n, c, h * k, w * k), None
+
+
+def avg_pool_bypass(x: Tensor, kernel_size: int, stride: int, padding: int = 0) -> Tensor:
+    """``F.avg_pool2d(x, kernel_size, stride, padding)``, the resampling of the strided units' bypass, as released.
+    Where the windows tile the input (``kernel_size == stride``, no padding, sizes divisible: the ConvNeXt
+    transitions) and x is float32 / float64, it is computed as strided adds in avg_pool2d's order (row by row
+    within a window, then one division), so bit for bit as avg_pool2d on the CPU, and about three times faster
+    there in forward and twice in backward (whose gradient is ``g / k^2`` spread over each window). Half-precision
+    inputs keep avg_pool2d, which sums them in float32."""
+    h, w = x.shape[-2:]
+    tiles = x.dim() == 4 and kernel_size == stride and not padding and not h % stride and not w % stride
+    if not tiles or x.dtype not in (torch.float32, torch.float64):
+        return torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding)
+    return _BlockMean.apply(x, kernel_size)
+
+
 class _Workspace(threading.local):
     """Per-thread scratch memory of the fused NCHW units: one growing buffer per (slot, dtype, device), the slots
     being the binary input and the binary weight. Both live only inside one call (built, convolved, then dropped

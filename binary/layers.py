@@ -26,6 +26,7 @@ from binary.eval_cache import EvalCache
 from binary.functional import (
     add_channel_adaptive_bypass_,
     approx_sign,
+    avg_pool_bypass,
     bidense_conv_bn,
     binarize_weight,
     binarize_weight_centered,
@@ -334,7 +335,9 @@ class BypassDown(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size, stride, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return add_channel_adaptive_bypass_(self.body(x), self.pool(x))
+        pool = self.pool
+        return add_channel_adaptive_bypass_(self.body(x), avg_pool_bypass(x, pool.kernel_size, pool.stride,
+                                                                          pool.padding))
 
 
 class BypassUp(nn.Module):

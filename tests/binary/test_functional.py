@@ -336,3 +336,19 @@ def test_weight_gradient_clip_includes_the_boundary_in_every_dtype(dtype):
     got = _clip_grad_(grad.clone(), w)
     assert torch.equal(got, want)
     assert got.tolist() == [0, 2, 3, 4, 5, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel,stride,padding,size", [(2, 2, 0, 8), (4, 4, 0, 12), (3, 2, 1, 9), (2, 2, 0, 7)])
+def test_avg_pool_bypass_is_avg_pool2d_bit_for_bit(dtype, kernel, stride, padding, size):
+    """The strided units' bypass resampling: the tiling case (strided adds) and the others (avg_pool2d itself)
+    give avg_pool2d's values and gradients exactly."""
+    from binary.functional import avg_pool_bypass
+
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, size, size + 2 * stride, dtype=dtype, requires_grad=True)
+    want = torch.nn.functional.avg_pool2d(x, kernel, stride, padding)
+    got = avg_pool_bypass(x, kernel, stride, padding)
+    assert got.shape == want.shape and torch.equal(got, want)
+    g = torch.randn_like(want)
+    assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
