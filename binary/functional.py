@@ -389,10 +389,10 @@ def avg_pool_bypass(x: Tensor, kernel_size: int, stride: int, padding: int = 0) 
     transitions) and x is float32 / float64, it is computed as strided adds in avg_pool2d's order (row by row
     within a window, then one division), so bit for bit as avg_pool2d on the CPU, and about three times faster
     there in forward and twice in backward (whose gradient is ``g / k^2`` spread over each window). Half-precision
-    inputs keep avg_pool2d, which sums them in float32."""
+    inputs keep avg_pool2d, which sums them in float32, and so does `torch.compile`, which generates its own."""
     h, w = x.shape[-2:]
     tiles = x.dim() == 4 and kernel_size == stride and not padding and not h % stride and not w % stride
-    if not tiles or x.dtype not in (torch.float32, torch.float64):
+    if not tiles or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         return torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding)
     return _BlockMean.apply(x, kernel_size)
 
