@@ -13,16 +13,48 @@
  *                     Full-precision Bypass's adjoint, Sec. 3.3: tiles added, merged channels divided by their size)
  *
  * Every element is computed with the same IEEE operations, in the same order, as the PyTorch ops (no contraction
- * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ, accumulated here in double
- * over 16 lanes instead of PyTorch's cascade. Rows are split over OpenMP threads (PyTorch's own runtime once
- * PyTorch is loaded). Compiled on first use by binary/native.py.
+ * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ: here blocks of 1024
+ * elements are summed over 16 lanes (at most 64 terms each), the lanes added pairwise and the blocks in double,
+ * where PyTorch sums in a cascade. Rows are split over OpenMP threads (PyTorch's own runtime once PyTorch is loaded). Compiled
+ * on first use by binary/native.py.
  */
 #include <math.h>
 #include <stdint.h>
 
 #define LANES 16
+#define BLOCK 1024 /* elements of a row per partial sum: LANES lanes in T, each over at most 64 elements */
 
 #define SIGN_TIMES(v, al) ((v) > 0 ? (al) : ((v) < 0 ? -(al) : (v) * (al)))
+
+/* The row sums: blocks of BLOCK elements summed over LANES lanes in T, the lanes added pairwise in T and the
+ * blocks in double. LANE_TOTAL consumes the lanes. */
+#define LANE_TOTAL(acc, total)                                                                                \
+    do {                                                                                                      \
+        for (int w_ = LANES / 2; w_ > 0; w_ /= 2)                                                             \
+            for (int l_ = 0; l_ < w_; ++l_) (acc)[l_] += (acc)[l_ + w_];                                      \
+        (total) += (double)(acc)[0];                                                                          \
+    } while (0)
+
+/* total = sum over j < len of TERM (an expression of j), in blocks as above. */
+#define ROW_SUM(T, total, len, TERM)                                                                          \
+    do {                                                                                                      \
+        (total) = 0;                                                                                          \
+        for (int64_t start_ = 0; start_ < (len); start_ += BLOCK) {                                           \
+            const int64_t end_ = start_ + BLOCK < (len) ? start_ + BLOCK : (len);                             \
+            T acc_[LANES] = {0};                                                                              \
+            int64_t i_ = start_;                                                                              \
+            for (; i_ + LANES <= end_; i_ += LANES)                                                           \
+                for (int l_ = 0; l_ < LANES; ++l_) {                                                          \
+                    const int64_t j = i_ + l_;                                                                \
+                    acc_[l_] += (TERM);                                                                       \
+                }                                                                                             \
+            for (int l_ = 0; i_ < end_; ++i_, ++l_) {                                                         \
+                const int64_t j = i_;                                                                         \
+                acc_[l_] += (TERM);                                                                           \
+            }                                                                                                 \
+            LANE_TOTAL(acc_, total);                                                                          \
+        }                                                                                                     \
+    } while (0)
 
 /* One element of dab_backward: gr[idx] becomes dL/dx, its terms go to lane l of the two row sums. */
 #define BACKWARD_STEP(T, ABS, idx, l)                                                                         \
@@ -32,23 +64,12 @@
         t = t > 0 ? (T)0 : t;                                                                                 \
         const T grad = gr[idx];                                                                               \
         const T gx = (grad * t) * scale;                                                                      \
-        dot[l] += (double)(grad * SIGN_TIMES(v, al));                                                         \
-        sum[l] += (double)gx;                                                                                 \
+        dot[l] += grad * SIGN_TIMES(v, al);                                                                   \
+        sum[l] += gx;                                                                                         \
         gr[idx] = gx;                                                                                         \
     } while (0)
 
 #define DAB_KERNELS(T, SUFFIX, EXP, ABS)                                                                      \
-    static double abs_dev_sum_##SUFFIX(const T *x, int64_t len, T beta) {                                    \
-        double acc[LANES] = {0};                                                                              \
-        int64_t i = 0;                                                                                        \
-        for (; i + LANES <= len; i += LANES)                                                                  \
-            for (int l = 0; l < LANES; ++l) acc[l] += (double)ABS(x[i + l] - beta);                           \
-        for (int l = 0; i < len; ++i, ++l) acc[l] += (double)ABS(x[i] - beta);                                \
-        for (int w = LANES / 2; w > 0; w /= 2)                                                                \
-            for (int l = 0; l < w; ++l) acc[l] += acc[l + w];                                                 \
-        return acc[0];                                                                                        \
-    }                                                                                                         \
-                                                                                                              \
     /* Row r = (sample, channel c) of dL/dx gets CFB^T of the output gradient, in the order of PyTorch's adjoint:  \
      * the r_t tiles (output channel t * c_in + c), then the merged channel it belongs to divided by its size   \
      * (c < R: channel r_t * c_in + c % (m - 1) over g inputs; else the last channel over c_in - R inputs). */   \
@@ -75,22 +96,18 @@
             const int64_t ch = r % c;                                                                         \
             const T *xr = x + r * len;                                                                        \
             T *o = out + r * len;                                                                             \
-            double acc[LANES] = {0};                                                                          \
-            int64_t i = 0;                                                                                    \
-            for (; i + LANES <= len; i += LANES)                                                              \
-                for (int l = 0; l < LANES; ++l) acc[l] += (double)xr[i + l];                                  \
-            for (int l = 0; i < len; ++i, ++l) acc[l] += (double)xr[i];                                       \
-            for (int w = LANES / 2; w > 0; w /= 2)                                                            \
-                for (int l = 0; l < w; ++l) acc[l] += acc[l + w];                                             \
-            const T m = (T)(acc[0] / (double)len);                                                            \
+            double sum_x, sum_abs;                                                                            \
+            ROW_SUM(T, sum_x, len, xr[j]);                                                                    \
+            const T m = (T)(sum_x / (double)len);                                                             \
             const T bt = k[ch] * m + b[ch];                                                                   \
-            const T md = (T)(abs_dev_sum_##SUFFIX(xr, len, bt) / (double)len);                               \
+            ROW_SUM(T, sum_abs, len, ABS(xr[j] - bt));                                                        \
+            const T md = (T)(sum_abs / (double)len);                                                          \
             const T al = EXP(a[ch] * (md - (T)1));                                                           \
             mean[r] = m;                                                                                      \
             beta[r] = bt;                                                                                     \
             mad[r] = md;                                                                                      \
             alpha[r] = al;                                                                                    \
-            for (i = 0; i < len; ++i) {                                                                       \
+            for (int64_t i = 0; i < len; ++i) {                                                               \
                 const T v = xr[i] - bt;                                                                       \
                 o[i] = SIGN_TIMES(v, al);                                                                     \
             }                                                                                                 \
@@ -119,18 +136,19 @@
             const T *xr = x + r * len;                                                                        \
             T *gr = g + r * len;                                                                              \
             const T bt = beta[r], al = alpha[r], scale = (T)-2 * al;                                          \
-            double dot[LANES] = {0}, sum[LANES] = {0};                                                        \
-            int64_t i = 0;                                                                                    \
-            for (; i + LANES <= len; i += LANES)                                                              \
-                for (int l = 0; l < LANES; ++l) BACKWARD_STEP(T, ABS, i + l, l);                              \
-            for (int l = 0; i < len; ++i, ++l) BACKWARD_STEP(T, ABS, i, l);                                   \
-            for (int w = LANES / 2; w > 0; w /= 2)                                                            \
-                for (int l = 0; l < w; ++l) {                                                                 \
-                    dot[l] += dot[l + w];                                                                     \
-                    sum[l] += sum[l + w];                                                                     \
-                }                                                                                             \
-            if (sign_dot) sign_dot[r] = (T)dot[0];                                                            \
-            per_stat[r] = (T)sum[0];                                                                          \
+            double dot_total = 0, sum_total = 0;                                                              \
+            for (int64_t start = 0; start < len; start += BLOCK) {                                            \
+                const int64_t end = start + BLOCK < len ? start + BLOCK : len;                                \
+                T dot[LANES] = {0}, sum[LANES] = {0};                                                         \
+                int64_t i = start;                                                                            \
+                for (; i + LANES <= end; i += LANES)                                                          \
+                    for (int l = 0; l < LANES; ++l) BACKWARD_STEP(T, ABS, i + l, l);                          \
+                for (int l = 0; i < end; ++i, ++l) BACKWARD_STEP(T, ABS, i, l);                               \
+                LANE_TOTAL(dot, dot_total);                                                                   \
+                LANE_TOTAL(sum, sum_total);                                                                   \
+            }                                                                                                 \
+            if (sign_dot) sign_dot[r] = (T)dot_total;                                                         \
+            per_stat[r] = (T)sum_total;                                                                          \
             if (bypass) add_bypass_grad_##SUFFIX(gr, bypass, r, len, c_in, c_out);                            \
         }                                                                                                     \
     }
