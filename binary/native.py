@@ -114,7 +114,7 @@ def usable(x: Tensor, *per_channel: Tensor) -> bool:
     """Whether the kernels take ``x`` (a contiguous float32 / float64 CPU tensor, channels on dim 1) with the
     per-channel parameters ``per_channel`` (one value per channel, same dtype), outside `torch.compile` (whose
     compiler fuses the PyTorch ops itself)."""
-    if x.device.type != "cpu" or x.dtype not in _SUFFIX or not x.is_contiguous() or x.dim() < 2:
+    if x.device.type != "cpu" or x.dtype not in _SUFFIX or not x.is_contiguous() or x.dim() < 2 or not x.numel():
         return False
     if any(t.device != x.device or t.dtype != x.dtype or t.numel() != x.shape[1] for t in per_channel):
         return False

@@ -127,6 +127,7 @@ def test_usable_only_for_what_the_kernels_take():
     assert not native.usable(x.transpose(2, 3), k)  # not contiguous
     assert not native.usable(x, torch.randn(1, 1, 1, 1))  # not one value per channel
     assert not native.usable(torch.randn(2, 3, 4, 4, device="meta"), k)
+    assert not native.usable(torch.randn(0, 3, 4, 4), k)  # an empty batch
 
 
 def test_switch_turns_the_kernels_off_silently(monkeypatch, fresh_library):
