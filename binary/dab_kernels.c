@@ -70,6 +70,14 @@
     } while (0)
 
 #define DAB_KERNELS(T, SUFFIX, EXP, ABS)                                                                      \
+    /* One row of the binary input: o = alpha * sign(x - beta). */                                          \
+    static void binary_row_##SUFFIX(const T *xr, T *o, int64_t len, T bt, T al) {                             \
+        for (int64_t i = 0; i < len; ++i) {                                                                   \
+            const T v = xr[i] - bt;                                                                           \
+            o[i] = SIGN_TIMES(v, al);                                                                         \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
     /* Row r = (sample, channel c) of dL/dx gets CFB^T of the output gradient, in the order of PyTorch's adjoint:  \
      * the r_t tiles (output channel t * c_in + c), then the merged channel it belongs to divided by its size   \
      * (c < R: channel r_t * c_in + c % (m - 1) over g inputs; else the last channel over c_in - R inputs). */   \
@@ -107,10 +115,7 @@
             beta[r] = bt;                                                                                     \
             mad[r] = md;                                                                                      \
             alpha[r] = al;                                                                                    \
-            for (int64_t i = 0; i < len; ++i) {                                                               \
-                const T v = xr[i] - bt;                                                                       \
-                o[i] = SIGN_TIMES(v, al);                                                                     \
-            }                                                                                                 \
+            binary_row_##SUFFIX(xr, o, len, bt, al);                                                          \
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
@@ -120,11 +125,7 @@
         for (int64_t r = 0; r < rows; ++r) {                                                                  \
             const T *xr = x + r * len;                                                                        \
             T *o = out + r * len;                                                                             \
-            const T bt = beta[r], al = alpha[r];                                                              \
-            for (int64_t i = 0; i < len; ++i) {                                                               \
-                const T v = xr[i] - bt;                                                                       \
-                o[i] = SIGN_TIMES(v, al);                                                                     \
-            }                                                                                                 \
+            binary_row_##SUFFIX(xr, o, len, beta[r], alpha[r]);                                                    \
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
