@@ -15,8 +15,8 @@
  * Every element is computed with the same IEEE operations, in the same order, as the PyTorch ops (no contraction
  * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ: here blocks of 1024
  * elements are summed over 16 lanes (at most 64 terms each), the lanes added pairwise and the blocks in double,
- * where PyTorch sums in a cascade. Rows are split over OpenMP threads (PyTorch's own runtime once PyTorch is loaded). Compiled
- * on first use by binary/native.py.
+ * where PyTorch sums in a cascade. Rows are split over OpenMP threads (PyTorch's own runtime once PyTorch is
+ * loaded). Compiled on first use by binary/native.py.
  */
 #include <math.h>
 #include <stdint.h>

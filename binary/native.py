@@ -4,8 +4,9 @@ float64 CPU tensors and run the same passes as PyTorch ops everywhere else.
 
 PyTorch runs the DAB's statistics and sign as a chain of elementwise ops, one pass over memory each; the kernels
 read each (sample, channel) row once and keep it in cache for the rest (README, "Speed"). Every element gets the
-same IEEE operations as the PyTorch ops; the per-row sums (mean, mean|s|, the gradients of k, b and a) are
-accumulated in double, so they differ from PyTorch's float32 sums by rounding only.
+same IEEE operations as the PyTorch ops; the per-row sums (mean, mean|s|, the gradients of k, b and a) run over
+blocks of 1024 elements in 16 lanes, added pairwise, the blocks in double, so they differ from PyTorch's cascade
+sums by rounding only.
 
 The library is compiled with ``$CC`` (else ``cc`` / ``gcc``), ``-O3 -march=native -fopenmp``, into
 ``$BIDENSE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bidense``, else ``~/.cache/bidense``), one file per source, CPU
