@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
@@ -395,6 +396,37 @@ def avg_pool_bypass(x: Tensor, kernel_size: int, stride: int, padding: int = 0) 
     if not tiles or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         return torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding)
     return _BlockMean.apply(x, kernel_size)
+
+
+class _ShiftPReLU(Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, shift_in, slope)
+        ctx.out_shape = None if shift_out is None else shift_out.shape
+        return native.shift_prelu_forward(x, shift_in, slope, shift_out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, shift_in, slope = ctx.saved_tensors
+        gx, g_in, g_slope, g_out = native.shift_prelu_backward(grad.contiguous(), x, shift_in, slope,
+                                                               ctx.out_shape is not None)
+        return (gx, g_in.sum(0).view(shift_in.shape), g_slope.sum(0).view(slope.shape),
+                None if g_out is None else g_out.sum(0).view(ctx.out_shape))
+
+
+def shift_prelu(x: Tensor, shift_in: Tensor, slope: Tensor, shift_out: Tensor | None = None) -> Tensor:
+    """``prelu(x + b1, w) [+ b2]`` with per-channel ``b1`` = ``shift_in``, ``w`` = ``slope``, ``b2`` = ``shift_out``
+    on dim 1: ReActNet's LearnableBias -> PReLU [-> LearnableBias] (RPReLU, arXiv 2003.03488), the activation after
+    the released binary units. On contiguous float32 / float64 CPU tensors outside autocast it is one autograd
+    Function whose native kernels (`binary.native`) make one pass in forward and one in backward, with the same
+    values and the same dL/dx as the ops, and parameter gradients that differ from theirs by the rounding of the
+    sums; it saves x where the ops save x + b1. Elsewhere it runs the ops: ``x + b1``, `F.prelu`, ``+ b2``."""
+    params = (shift_in, slope) if shift_out is None else (shift_in, slope, shift_out)
+    if not torch.is_autocast_enabled(x.device.type) and native.usable(x, *params):
+        return _ShiftPReLU.apply(x, shift_in, slope, shift_out)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = F.prelu(x + shift_in.view(shape), slope)
+    return y if shift_out is None else y + shift_out.view(shape)
 
 
 class _Workspace(threading.local):

@@ -34,6 +34,7 @@ from binary.functional import (
     conv_weight,
     dab,
     dab_conv2d,
+    shift_prelu,
 )
 
 WeightBinarizer = Callable[[Tensor], Tensor]
@@ -368,9 +369,23 @@ class LearnableBias(nn.Module):
         return x + self.bias.view(_param_shape(self.bias.numel(), self.dim, x.dim()))
 
 
+class ShiftPReLU(nn.Sequential):
+    """``LearnableBias -> PReLU`` on NCHW tensors (ReActNet, arXiv 2003.03488; the activation after the released
+    binary units): the released ``nn.Sequential`` of the two, with its state-dict keys (``0.bias``, ``1.weight``),
+    computed by `binary.functional.shift_prelu` (one native pass each way on the CPU). PReLU slopes per channel,
+    init 0.25."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(LearnableBias(channels), nn.PReLU(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return shift_prelu(x, self[0].bias, self[1].weight)
+
+
 class RPReLU(nn.Module):
     """``LearnableBias -> PReLU -> LearnableBias`` (ReActNet's RPReLU, arXiv 2003.03488; after the UPerNet FPN fusion).
-    PReLU slopes per channel, init 0.25; ``dim`` is the channel axis."""
+    PReLU slopes per channel, init 0.25; ``dim`` is the channel axis (channels on dim 1: one
+    `binary.functional.shift_prelu`)."""
 
     def __init__(self, channels: int, dim: int = 1) -> None:
         super().__init__()
@@ -380,10 +395,8 @@ class RPReLU(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.shift_in(x)
         if self.dim % x.dim() == 1:
-            x = self.prelu(x)
-        else:
-            x = self.prelu(x.movedim(self.dim, 1)).movedim(1, self.dim)
+            return shift_prelu(x, self.shift_in.bias, self.prelu.weight, self.shift_out.bias)
+        x = self.prelu(self.shift_in(x).movedim(self.dim, 1)).movedim(1, self.dim)
         return self.shift_out(x)
 

@@ -1,12 +1,13 @@
-"""Native CPU kernels of the DAB passes (``binary/dab_kernels.c``): built on first use with the system's C compiler,
-cached, and loaded with ctypes; the fused BiDense units (`binary.functional`) call them for contiguous float32 /
-float64 CPU tensors and run the same passes as PyTorch ops everywhere else.
+"""Native CPU kernels of the DAB passes and of the shifted PReLU (``binary/native_kernels.c``): built on first use
+with the system's C compiler, cached, and loaded with ctypes; the fused BiDense units and the shifted PReLU
+(`binary.functional`) call them for contiguous float32 / float64 CPU tensors and run the same passes as PyTorch ops
+everywhere else.
 
-PyTorch runs the DAB's statistics and sign as a chain of elementwise ops, one pass over memory each; the kernels
-read each (sample, channel) row once and keep it in cache for the rest (README, "Speed"). Every element gets the
-same IEEE operations as the PyTorch ops; the per-row sums (mean, mean|s|, the gradients of k, b and a) run over
-blocks of 1024 elements in 16 lanes, added pairwise, the blocks in double, so they differ from PyTorch's cascade
-sums by rounding only.
+PyTorch runs the DAB's statistics and sign, and the shift, PReLU and shift after a unit, as chains of elementwise
+ops, one pass over memory each; the kernels read each (sample, channel) row once and keep it in cache for the rest
+(README, "Speed"). Every element gets the same IEEE operations as the PyTorch ops; the per-row sums (mean, mean|s|,
+the gradients of k, b and a, of the shifts and of the PReLU slopes) run over blocks of 1024 elements in 16 lanes,
+added pairwise, the blocks in double, so they differ from PyTorch's cascade sums by rounding only.
 
 The library is compiled with ``$CC`` (else ``cc`` / ``gcc``), ``-O3 -march=native -fopenmp``, into
 ``$BIDENSE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bidense``, else ``~/.cache/bidense``), one file per source, CPU
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("dab_kernels.c")
+SOURCE = Path(__file__).with_name("native_kernels.c")
 SWITCH = "BIDENSE_NATIVE_KERNELS"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -67,7 +68,7 @@ def library_path(compiler: str) -> Path:
     """The cached library's file for this source, compiler, flags and CPU."""
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    return cache_dir() / f"dab_kernels-{key}.so"
+    return cache_dir() / f"native_kernels-{key}.so"
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -95,6 +96,8 @@ def _load() -> ctypes.CDLL:
         getattr(lib, f"dab_forward_{suffix}").argtypes = [i64, i64, i64, *[ptr] * 9, i32]
         getattr(lib, f"dab_binary_input_{suffix}").argtypes = [i64, i64, *[ptr] * 4, i32]
         getattr(lib, f"dab_backward_{suffix}").argtypes = [i64, i64, *[ptr] * 7, i64, i64, i32]
+        getattr(lib, f"shift_prelu_forward_{suffix}").argtypes = [i64, i64, i64, *[ptr] * 5, i32]
+        getattr(lib, f"shift_prelu_backward_{suffix}").argtypes = [i64, i64, i64, *[ptr] * 8, i32]
     return lib
 
 
@@ -174,3 +177,26 @@ def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor, sign_dot:
         rows, x.numel() // rows, _p(grad), _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(dot),
         _p(per_stat), _p(bypass_grad), x.shape[1], c_out, _threads(x))
     return grad, dot, per_stat
+
+
+def shift_prelu_forward(x: Tensor, b1: Tensor, w: Tensor, b2: Tensor | None) -> Tensor:
+    """``prelu(x + b1, w) [+ b2]`` of ``x`` (N, C, ...) with per-channel ``b1``, ``w``, ``b2``, in a new tensor."""
+    y = torch.empty_like(x)
+    params = [None if t is None else t.detach().contiguous() for t in (b1, w, b2)]
+    getattr(library(), f"shift_prelu_forward_{_SUFFIX[x.dtype]}")(
+        x.shape[0], x.shape[1], x[0, 0].numel(), _p(x), *map(_p, params), _p(y), _threads(x))
+    return y
+
+
+def shift_prelu_backward(grad: Tensor, x: Tensor, b1: Tensor, w: Tensor, out_shift: bool
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """From dL/dy ``grad`` (contiguous, x's dtype) of `shift_prelu_forward`: (dL/dx, and per (sample, channel) row
+    the sums of dL/dx, of dL/dw's terms and, when ``out_shift``, of ``grad``), the row sums of shape (N, C)."""
+    n, c = x.shape[:2]
+    gx = torch.empty_like(x)
+    gb1, gw = _per_row(x, n * c), _per_row(x, n * c)
+    gb2 = _per_row(x, n * c) if out_shift else None
+    getattr(library(), f"shift_prelu_backward_{_SUFFIX[x.dtype]}")(
+        n, c, x[0, 0].numel(), _p(grad), _p(x), _p(b1.detach().contiguous()), _p(w.detach().contiguous()), _p(gx),
+        _p(gb1), _p(gw), _p(gb2), _threads(x))
+    return gx, gb1.view(n, c), gw.view(n, c), None if gb2 is None else gb2.view(n, c)

@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from binary.functional import binarize_weight
-from binary.layers import BinaryConv2d, BinaryConvTranspose2d, LearnableBias, RPReLU, ShiftSign, WeightBinarizer
+from binary.layers import (
+    BinaryConv2d,
+    BinaryConvTranspose2d,
+    LearnableBias,
+    RPReLU,
+    ShiftPReLU,
+    ShiftSign,
+    WeightBinarizer,
+)
 
 
 class SoftmaxAttention(nn.Module):
@@ -127,7 +135,7 @@ def react_act(channels: int, role: str) -> nn.Module:
         return nn.ReLU()
     if role == "fusion":
         return RPReLU(channels)
-    return nn.Sequential(LearnableBias(channels), nn.PReLU(channels))
+    return ShiftPReLU(channels)
 
 
 class BinaryConvMethod(Method):

@@ -26,16 +26,6 @@ def fresh_library():
     native.library.cache_clear()
 
 
-@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
-def threads(request, monkeypatch: pytest.MonkeyPatch) -> int:
-    """The kernels on one and on two threads, however small the tensor; skips where they cannot be built."""
-    if native.library() is None:
-        pytest.skip("no C compiler with OpenMP here")
-    monkeypatch.setattr(native, "_MIN_PARALLEL", 0)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: request.param)
-    return request.param
-
-
 def _input(shape, dtype):
     """Random rows, the first one constant (there x == beta for k = 1, b = 0: sign 0)."""
     torch.manual_seed(5)

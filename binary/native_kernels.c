@@ -1,7 +1,8 @@
-/* Native CPU passes of the Distribution-adaptive Binarizer (DAB) of arXiv 2411.10346 (Sec. 3.2, Eq. 4-6), for
- * contiguous NCHW tensors seen as rows = N * C (sample, channel) rows of len = H * W elements.
+/* Native CPU passes for contiguous NCHW tensors seen as rows = N * C (sample, channel) rows of len = H * W
+ * elements: the Distribution-adaptive Binarizer (DAB) of arXiv 2411.10346 (Sec. 3.2, Eq. 4-6) and the shifted
+ * PReLU after the binary units (ReActNet's LearnableBias -> PReLU [-> LearnableBias], arXiv 2003.03488).
  *
- * PyTorch runs the DAB as a chain of elementwise ops, each one a pass over memory; here each row is read once from
+ * PyTorch runs each as a chain of elementwise ops, each one a pass over memory; here each row is read once from
  * memory and its later passes hit the cache:
  *
  *   dab_forward:      mean = sum(x) / len;  beta = k_c * mean + b_c;  mad = sum|x - beta| / len;
@@ -11,6 +12,9 @@
  *                     g <- (g * min(|x - beta| - 1, 0)) * (-2 alpha);  per_stat = sum(g)  (dL/dx, dL/dbeta)
  *                     then, given the unit's output gradient, g += CFB^T(output gradient) (the Channel-adaptive
  *                     Full-precision Bypass's adjoint, Sec. 3.3: tiles added, merged channels divided by their size)
+ *   shift_prelu_forward:  t = x + b1_c;  y = (t > 0 ? t : w_c * t) [+ b2_c]
+ *   shift_prelu_backward: dL/dx = (t > 0 ? g : w_c * g);  per row: sum(dL/dx) (dL/db1),
+ *                         sum(t > 0 ? 0 : t * g) (dL/dw), [sum(g) (dL/db2)]
  *
  * Every element is computed with the same IEEE operations, in the same order, as the PyTorch ops (no contraction
  * into fused multiply-adds: compiled with -ffp-contract=off); only the row sums differ: here blocks of 1024
@@ -30,8 +34,10 @@
  * blocks in double. LANE_TOTAL consumes the lanes. */
 #define LANE_TOTAL(acc, total)                                                                                \
     do {                                                                                                      \
-        for (int w_ = LANES / 2; w_ > 0; w_ /= 2)                                                             \
-            for (int l_ = 0; l_ < w_; ++l_) (acc)[l_] += (acc)[l_ + w_];                                      \
+        for (int l_ = 0; l_ < 8; ++l_) (acc)[l_] += (acc)[l_ + 8];                                            \
+        for (int l_ = 0; l_ < 4; ++l_) (acc)[l_] += (acc)[l_ + 4];                                            \
+        for (int l_ = 0; l_ < 2; ++l_) (acc)[l_] += (acc)[l_ + 2];                                            \
+        (acc)[0] += (acc)[1];                                                                                 \
         (total) += (double)(acc)[0];                                                                          \
     } while (0)
 
@@ -156,3 +162,72 @@
 
 DAB_KERNELS(float, f32, expf, fabsf)
 DAB_KERNELS(double, f64, exp, fabs)
+
+
+/* One element of shift_prelu_backward: gx[idx] = dL/dx, its terms go to lane l of the row sums. */
+#define SHIFT_PRELU_STEP(T, idx, l)                                                                           \
+    do {                                                                                                      \
+        const T t = xr[idx] + b1;                                                                             \
+        const T grad = gr[idx];                                                                               \
+        const T slope_grad = w * grad, slope_term = t * grad; /* both computed: a select, no branch */      \
+        const T gi = t > 0 ? grad : slope_grad;                                                               \
+        const T gw = t > 0 ? (T)0 : slope_term;                                                               \
+        gxr[idx] = gi;                                                                                        \
+        sum_gi[l] += gi;                                                                                      \
+        sum_gw[l] += gw;                                                                                      \
+        sum_g[l] += grad;                                                                                     \
+    } while (0)
+
+#define SHIFT_PRELU_KERNELS(T, SUFFIX)                                                                        \
+    void shift_prelu_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *b1_c,          \
+                                      const T *w_c, const T *b2_c, T *y, int threads) {                      \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+        for (int64_t r = 0; r < n * c; ++r) {                                                                 \
+            const int64_t ch = r % c;                                                                         \
+            const T *xr = x + r * len;                                                                        \
+            T *yr = y + r * len;                                                                              \
+            const T b1 = b1_c[ch], w = w_c[ch];                                                               \
+            if (b2_c) {                                                                                       \
+                const T b2 = b2_c[ch];                                                                        \
+                for (int64_t i = 0; i < len; ++i) {                                                           \
+                    const T t = xr[i] + b1;                                                                   \
+                    yr[i] = (t > 0 ? t : w * t) + b2;                                                         \
+                }                                                                                             \
+            } else {                                                                                          \
+                for (int64_t i = 0; i < len; ++i) {                                                           \
+                    const T t = xr[i] + b1;                                                                   \
+                    yr[i] = t > 0 ? t : w * t;                                                                \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    void shift_prelu_backward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *g, const T *x,            \
+                                       const T *b1_c, const T *w_c, T *gx, T *gb1_rows, T *gw_rows,          \
+                                       T *gb2_rows, int threads) {                                            \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+        for (int64_t r = 0; r < n * c; ++r) {                                                                 \
+            const int64_t ch = r % c;                                                                         \
+            const T *restrict xr = x + r * len, *restrict gr = g + r * len;                                   \
+            T *restrict gxr = gx + r * len;                                                                   \
+            const T b1 = b1_c[ch], w = w_c[ch];                                                               \
+            double gi_total = 0, gw_total = 0, g_total = 0;                                                   \
+            for (int64_t start = 0; start < len; start += BLOCK) {                                            \
+                const int64_t end = start + BLOCK < len ? start + BLOCK : len;                                \
+                T sum_gi[LANES] = {0}, sum_gw[LANES] = {0}, sum_g[LANES] = {0};                               \
+                int64_t i = start;                                                                            \
+                for (; i + LANES <= end; i += LANES)                                                          \
+                    for (int l = 0; l < LANES; ++l) SHIFT_PRELU_STEP(T, i + l, l);                            \
+                for (int l = 0; i < end; ++i, ++l) SHIFT_PRELU_STEP(T, i, l);                                 \
+                LANE_TOTAL(sum_gi, gi_total);                                                                 \
+                LANE_TOTAL(sum_gw, gw_total);                                                                 \
+                LANE_TOTAL(sum_g, g_total);                                                                   \
+            }                                                                                                 \
+            gb1_rows[r] = (T)gi_total;                                                                        \
+            gw_rows[r] = (T)gw_total;                                                                         \
+            if (gb2_rows) gb2_rows[r] = (T)g_total;                                                           \
+        }                                                                                                     \
+    }
+
+SHIFT_PRELU_KERNELS(float, f32)
+SHIFT_PRELU_KERNELS(double, f64)
