@@ -163,7 +163,6 @@
 DAB_KERNELS(float, f32, expf, fabsf)
 DAB_KERNELS(double, f64, exp, fabs)
 
-
 /* One element of shift_prelu_backward: gx[idx] = dL/dx, its terms go to lane l of the row sums. */
 #define SHIFT_PRELU_STEP(T, idx, l)                                                                           \
     do {                                                                                                      \
