@@ -36,7 +36,15 @@ from binary.functional import (
     dab,
     sign_ste,
 )
-from binary.layers import BiDenseConv2d, BiDenseConvTranspose2d, BiDenseLinear, BypassDown, BypassUp
+from binary.layers import (
+    BiDenseConv2d,
+    BiDenseConvTranspose2d,
+    BiDenseLinear,
+    BypassDown,
+    BypassUp,
+    RPReLU,
+    ShiftPReLU,
+)
 from binary.transformer_layers import BiViTAttention, BiViTLinear
 
 TOLERANCE = {"float32": 1e-4, "bf16": 3e-2}
@@ -90,6 +98,8 @@ CASES: dict[str, Callable] = {
     "BypassUp x2": _layer_case(lambda: BypassUp(16, 12, 2), (2, 16, 6, 6)),
     "BiDenseLinear": _layer_case(lambda: BiDenseLinear(16, 24), (2, 19, 16)),
     "BiViTLinear": _layer_case(lambda: BiViTLinear(16, 24), (2, 19, 16)),
+    "ShiftPReLU": _layer_case(lambda: ShiftPReLU(16), (2, 16, 9, 9)),
+    "RPReLU": _layer_case(lambda: RPReLU(16), (2, 16, 9, 9)),
 }
 
 
