@@ -76,7 +76,7 @@
     } while (0)
 
 #define DAB_KERNELS(T, SUFFIX, EXP, ABS)                                                                      \
-    /* One row of the binary input: o = alpha * sign(x - beta). */                                          \
+    /* One row of the binary input: o = alpha * sign(x - beta). */                                            \
     static void binary_row_##SUFFIX(const T *xr, T *o, int64_t len, T bt, T al) {                             \
         for (int64_t i = 0; i < len; ++i) {                                                                   \
             const T v = xr[i] - bt;                                                                           \
@@ -84,12 +84,13 @@
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
-    /* Row r = (sample, channel c) of dL/dx gets CFB^T of the output gradient, in the order of PyTorch's adjoint:  \
-     * the r_t tiles (output channel t * c_in + c), then the merged channel it belongs to divided by its size   \
-     * (c < R: channel r_t * c_in + c % (m - 1) over g inputs; else the last channel over c_in - R inputs). */   \
+    /* Row r = (sample, channel c) of dL/dx gets CFB^T of the output gradient, in the order of PyTorch's      \
+     * adjoint: the r_t tiles (output channel t * c_in + c), then the merged channel it belongs to divided by \
+     * its size (c < R: channel r_t * c_in + c % (m - 1) over g inputs; else the last channel over c_in - R   \
+     * inputs). */                                                                                            \
     static void add_bypass_grad_##SUFFIX(T *gr, const T *bypass, int64_t r, int64_t len, int64_t c_in,        \
                                          int64_t c_out) {                                                     \
-        const int64_t n = r / c_in, c = r % c_in, tiles = c_out / c_in, m = c_out % c_in;                    \
+        const int64_t n = r / c_in, c = r % c_in, tiles = c_out / c_in, m = c_out % c_in;                     \
         const T *out_rows = bypass + n * c_out * len;                                                         \
         for (int64_t t = 0; t < tiles; ++t) {                                                                 \
             const T *o = out_rows + (t * c_in + c) * len;                                                     \
@@ -103,7 +104,7 @@
         for (int64_t i = 0; i < len; ++i) gr[i] = gr[i] + o[i] / size;                                        \
     }                                                                                                         \
                                                                                                               \
-    void dab_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *k, const T *b,         \
+    void dab_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *k, const T *b,          \
                               const T *a, T *out, T *mean, T *beta, T *alpha, T *mad, int threads) {          \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < n * c; ++r) {                                                                 \
@@ -116,7 +117,7 @@
             const T bt = k[ch] * m + b[ch];                                                                   \
             ROW_SUM(T, sum_abs, len, ABS(xr[j] - bt));                                                        \
             const T md = (T)(sum_abs / (double)len);                                                          \
-            const T al = EXP(a[ch] * (md - (T)1));                                                           \
+            const T al = EXP(a[ch] * (md - (T)1));                                                            \
             mean[r] = m;                                                                                      \
             beta[r] = bt;                                                                                     \
             mad[r] = md;                                                                                      \
@@ -125,18 +126,18 @@
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
-    void dab_binary_input_##SUFFIX(int64_t rows, int64_t len, const T *x, const T *beta, const T *alpha,     \
+    void dab_binary_input_##SUFFIX(int64_t rows, int64_t len, const T *x, const T *beta, const T *alpha,      \
                                    T *out, int threads) {                                                     \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < rows; ++r) {                                                                  \
             const T *xr = x + r * len;                                                                        \
             T *o = out + r * len;                                                                             \
-            binary_row_##SUFFIX(xr, o, len, beta[r], alpha[r]);                                                    \
+            binary_row_##SUFFIX(xr, o, len, beta[r], alpha[r]);                                               \
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
-    void dab_backward_##SUFFIX(int64_t rows, int64_t len, T *g, const T *x, const T *beta, const T *alpha,   \
-                               T *sign_dot, T *per_stat, const T *bypass, int64_t c_in, int64_t c_out,         \
+    void dab_backward_##SUFFIX(int64_t rows, int64_t len, T *g, const T *x, const T *beta, const T *alpha,    \
+                               T *sign_dot, T *per_stat, const T *bypass, int64_t c_in, int64_t c_out,        \
                                int threads) {                                                                 \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < rows; ++r) {                                                                  \
@@ -155,7 +156,7 @@
                 LANE_TOTAL(sum, sum_total);                                                                   \
             }                                                                                                 \
             if (sign_dot) sign_dot[r] = (T)dot_total;                                                         \
-            per_stat[r] = (T)sum_total;                                                                          \
+            per_stat[r] = (T)sum_total;                                                                       \
             if (bypass) add_bypass_grad_##SUFFIX(gr, bypass, r, len, c_in, c_out);                            \
         }                                                                                                     \
     }
@@ -168,7 +169,7 @@ DAB_KERNELS(double, f64, exp, fabs)
     do {                                                                                                      \
         const T t = xr[idx] + b1;                                                                             \
         const T grad = gr[idx];                                                                               \
-        const T slope_grad = w * grad, slope_term = t * grad; /* both computed: a select, no branch */      \
+        const T slope_grad = w * grad, slope_term = t * grad; /* both computed: a select, no branch */        \
         const T gi = t > 0 ? grad : slope_grad;                                                               \
         const T gw = t > 0 ? (T)0 : slope_term;                                                               \
         gxr[idx] = gi;                                                                                        \
@@ -178,8 +179,8 @@ DAB_KERNELS(double, f64, exp, fabs)
     } while (0)
 
 #define SHIFT_PRELU_KERNELS(T, SUFFIX)                                                                        \
-    void shift_prelu_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *b1_c,          \
-                                      const T *w_c, const T *b2_c, T *y, int threads) {                      \
+    void shift_prelu_forward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *x, const T *b1_c,           \
+                                      const T *w_c, const T *b2_c, T *y, int threads) {                       \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < n * c; ++r) {                                                                 \
             const int64_t ch = r % c;                                                                         \
@@ -201,8 +202,8 @@ DAB_KERNELS(double, f64, exp, fabs)
         }                                                                                                     \
     }                                                                                                         \
                                                                                                               \
-    void shift_prelu_backward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *g, const T *x,            \
-                                       const T *b1_c, const T *w_c, T *gx, T *gb1_rows, T *gw_rows,          \
+    void shift_prelu_backward_##SUFFIX(int64_t n, int64_t c, int64_t len, const T *g, const T *x,             \
+                                       const T *b1_c, const T *w_c, T *gx, T *gb1_rows, T *gw_rows,           \
                                        T *gb2_rows, int threads) {                                            \
         _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
         for (int64_t r = 0; r < n * c; ++r) {                                                                 \
