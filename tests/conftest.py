@@ -1,14 +1,20 @@
 """Suite-wide: no test touches the network.  torch.hub's download is replaced by one that fails, and its cache
 folder is a per-test temporary one, so the standard pretrained weights (`models.pretrained`) are never fetched
 nor read from the user's cache. The native DAB kernels are built once per session into a temporary folder, not
-the user's cache (the scripts the tests start inherit it)."""
+the user's cache (the scripts the tests start inherit it). Under pytest-xdist (the default, two workers) each
+worker gives PyTorch its share of the cores, so that the workers do not oversubscribe them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True, scope="session")
