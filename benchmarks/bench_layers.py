@@ -8,9 +8,11 @@ its peak memory (``torch.cuda.max_memory_allocated``).
 
 A shape whose time ratio misses the target (1.15) gets a "bound" line: the time of the DAB's elementwise passes
 alone (forward statistics and binary input, its rebuild and backward in the fused unit), which no convolution
-shares, as a fraction of the float unit's time, and what is left of the difference (the bypass, the weights' sign
-and scale, fixed costs per call); where the float convolution is cheap per input element (few output channels,
-1x1 kernels, depthwise) those passes alone exceed the 15 % margin. The header says whether the DAB ran in the
+shares, and of the work on the weights alone (binary weight and scale, rebuild, gradient clipping), each as a
+fraction of the float unit's time, and what is left of the difference (the bypass, fixed costs per call); where
+the float convolution is cheap per input element (few output channels, 1x1 kernels, depthwise) the DAB passes
+alone exceed the 15 % margin, and where it has few positions per weight (the 6 x 6 PSP stage) the weights' passes
+weigh as much. The header says whether the DAB ran in the
 native CPU kernels (`binary.native`) or in PyTorch ops (``BIDENSE_NATIVE_KERNELS=0``).
 
     python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--default-allocator]
@@ -36,7 +38,14 @@ from benchmarks.common import (
     saved_bytes,
     sync,
 )
-from binary.functional import _dab_backward_nchw, _dab_forward_nchw, _dab_input_nchw
+from binary.functional import (
+    _clip_grad_,
+    _dab_backward_nchw,
+    _dab_forward_nchw,
+    _dab_input_nchw,
+    _workspace_weight,
+    conv_weight_and_scale,
+)
 from binary.layers import BiDenseConv2d, BypassDown
 
 TARGET = 1.15
@@ -131,6 +140,25 @@ def dab_passes(unit: nn.Module):
     return run
 
 
+def weight_passes(unit: nn.Module):
+    """A callable of x running only the work of ``unit``'s fused forward and backward on its weights: the binary
+    weight and its scale, its rebuild in backward and the clipping of the weight gradient (in place on a gradient
+    made beforehand); x is not read. It is proportional to the weights, not to the input, so it weighs most where
+    a layer has few positions per weight (small inputs)."""
+    body = unit.body if isinstance(unit, BypassDown) else unit
+    weight = body.conv.weight.detach()
+    grad = torch.ones_like(weight)
+
+    def run(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            _, gamma = conv_weight_and_scale(weight, _workspace_weight(weight))
+            torch.sign(weight, out=_workspace_weight(weight)).mul_(gamma)
+            _clip_grad_(grad, weight)
+        return None
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per layer (after two warm-ups)")
@@ -177,11 +205,13 @@ def main() -> None:
               f"{tb * 1e3:10.1f} {tf * 1e3:9.1f} {tb / tf:6.2f} {args.batch / tb:7.1f} | {mb / 2**20:10.1f} "
               f"{mf / 2**20:9.1f} {mb / mf:6.2f} {peak / 2**20:8.1f}")
         if tb / tf > TARGET:
-            (td, _), _ = step_times([dab_passes(modules[0]), modules[1]], x, args.reps, args.precision)
-            bounds.append(f"  {name}: the DAB passes alone take {td * 1e3:.1f} ms = {td / tf:.2f} of the float "
-                          f"unit's {tf * 1e3:.1f} ms, so the ratio is at least {1 + td / tf:.2f} with any conv "
-                          f"({c_out} outputs x {k}x{k}/{g} per input element); the other "
-                          f"{max(tb - tf - td, 0.0) / tf:.2f} is the bypass, the weights' sign and scale and the "
+            (td, tw, _), _ = step_times([dab_passes(modules[0]), weight_passes(modules[0]), modules[1]], x,
+                                        args.reps, args.precision)
+            bounds.append(f"  {name}: the DAB passes alone take {td * 1e3:.1f} ms = {td / tf:.2f} and the weights' "
+                          f"sign, scale and clipping {tw * 1e3:.2f} ms = {tw / tf:.2f} of the float unit's "
+                          f"{tf * 1e3:.1f} ms, so the ratio is at least {1 + (td + tw) / tf:.2f} with any conv "
+                          f"({c_out} outputs x {k}x{k}/{g} per input element, {args.batch * size * size} positions "
+                          f"per weight); the other {max(tb - tf - td - tw, 0.0) / tf:.2f} is the bypass and the "
                           "per-call work")
     print("-" * len(header))
     print(f"time ratio: median {statistics.median(time_ratios):.2f}, worst {max(time_ratios):.2f} "

@@ -129,32 +129,38 @@ def _threads(x: Tensor) -> int:
     return torch.get_num_threads() if x.numel() >= _MIN_PARALLEL else 1
 
 
-def _p(t: Tensor | None) -> ctypes.c_void_p | None:
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def _p(t: Tensor | None) -> int | None:
+    """The address ctypes passes for a ``c_void_p`` argument (None: NULL)."""
+    return None if t is None else t.data_ptr()
 
 
-def _per_row(x: Tensor, rows: int) -> Tensor:
-    return torch.empty(rows, dtype=x.dtype, device=x.device)
+def _row_sums(x: Tensor, rows: int, count: int) -> tuple[Tensor, list[int]]:
+    """``count`` per-row vectors of ``rows`` elements (x's dtype) in one allocation, as a (count, rows) tensor, and
+    the address of each (one allocation and no per-vector tensors: these calls run once per unit and step)."""
+    sums = torch.empty(count, rows, dtype=x.dtype, device=x.device)
+    start, step = sums.data_ptr(), rows * sums.element_size()
+    return sums, [start + i * step for i in range(count)]
+
+
+def _kernel(name: str, x: Tensor):
+    return getattr(library(), f"{name}_{_SUFFIX[x.dtype]}")
 
 
 def dab_forward(x: Tensor, k: Tensor, b: Tensor, a: Tensor, out: Tensor) -> tuple[Tensor, ...]:
     """The DAB forward of ``x`` (N, C, ...) written into ``out`` (x's shape and dtype): returns
     (out, mean, beta, alpha, mean|s|), the statistics of shape (N, C, 1, ...)."""
     n, c = x.shape[:2]
-    mean, beta, alpha, mad = (_per_row(x, n * c) for _ in range(4))
+    stats, addresses = _row_sums(x, n * c, 4)
     params = (t.detach().contiguous() for t in (k, b, a))
-    getattr(library(), f"dab_forward_{_SUFFIX[x.dtype]}")(
-        n, c, x[0, 0].numel(), _p(x), *map(_p, params), _p(out), _p(mean), _p(beta), _p(alpha), _p(mad),
-        _threads(x))
-    stat = (n, c) + (1,) * (x.dim() - 2)
-    return out, *(t.view(stat) for t in (mean, beta, alpha, mad))
+    _kernel("dab_forward", x)(n, c, x.numel() // (n * c), _p(x), *map(_p, params), _p(out), *addresses, _threads(x))
+    return out, *stats.view((4, n, c) + (1,) * (x.dim() - 2)).unbind(0)
 
 
 def dab_binary_input(x: Tensor, beta: Tensor, alpha: Tensor, out: Tensor) -> Tensor:
     """``alpha * sign(x - beta)`` written into ``out``; ``beta``, ``alpha``: one value per (sample, channel)."""
     rows = beta.numel()
-    getattr(library(), f"dab_binary_input_{_SUFFIX[x.dtype]}")(
-        rows, x.numel() // rows, _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(out), _threads(x))
+    _kernel("dab_binary_input", x)(rows, x.numel() // rows, _p(x), _p(beta.contiguous()), _p(alpha.contiguous()),
+                                   _p(out), _threads(x))
     return out
 
 
@@ -170,21 +176,20 @@ def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor, sign_dot:
     dL/dx). ``bypass_grad``: the unit's output gradient (`takes_bypass_grad`), whose CFB adjoint is added to
     dL/dx after the sums (`binary.functional.channel_adaptive_bypass`)."""
     rows = beta.numel()
-    dot = _per_row(x, rows) if sign_dot else None
-    per_stat = _per_row(x, rows)
+    sums, (per_stat_at, dot_at) = _row_sums(x, rows, 2)
     c_out = 0 if bypass_grad is None else bypass_grad.shape[1]
-    getattr(library(), f"dab_backward_{_SUFFIX[x.dtype]}")(
-        rows, x.numel() // rows, _p(grad), _p(x), _p(beta.contiguous()), _p(alpha.contiguous()), _p(dot),
-        _p(per_stat), _p(bypass_grad), x.shape[1], c_out, _threads(x))
-    return grad, dot, per_stat
+    _kernel("dab_backward", x)(rows, x.numel() // rows, _p(grad), _p(x), _p(beta.contiguous()),
+                               _p(alpha.contiguous()), dot_at if sign_dot else None, per_stat_at, _p(bypass_grad),
+                               x.shape[1], c_out, _threads(x))
+    return grad, sums[1] if sign_dot else None, sums[0]
 
 
 def shift_prelu_forward(x: Tensor, b1: Tensor, w: Tensor, b2: Tensor | None) -> Tensor:
     """``prelu(x + b1, w) [+ b2]`` of ``x`` (N, C, ...) with per-channel ``b1``, ``w``, ``b2``, in a new tensor."""
     y = torch.empty_like(x)
     params = [None if t is None else t.detach().contiguous() for t in (b1, w, b2)]
-    getattr(library(), f"shift_prelu_forward_{_SUFFIX[x.dtype]}")(
-        x.shape[0], x.shape[1], x[0, 0].numel(), _p(x), *map(_p, params), _p(y), _threads(x))
+    _kernel("shift_prelu_forward", x)(x.shape[0], x.shape[1], x.numel() // (x.shape[0] * x.shape[1]), _p(x),
+                                      *map(_p, params), _p(y), _threads(x))
     return y
 
 
@@ -194,9 +199,9 @@ def shift_prelu_backward(grad: Tensor, x: Tensor, b1: Tensor, w: Tensor, out_shi
     the sums of dL/dx, of dL/dw's terms and, when ``out_shift``, of ``grad``), the row sums of shape (N, C)."""
     n, c = x.shape[:2]
     gx = torch.empty_like(x)
-    gb1, gw = _per_row(x, n * c), _per_row(x, n * c)
-    gb2 = _per_row(x, n * c) if out_shift else None
-    getattr(library(), f"shift_prelu_backward_{_SUFFIX[x.dtype]}")(
-        n, c, x[0, 0].numel(), _p(grad), _p(x), _p(b1.detach().contiguous()), _p(w.detach().contiguous()), _p(gx),
-        _p(gb1), _p(gw), _p(gb2), _threads(x))
-    return gx, gb1.view(n, c), gw.view(n, c), None if gb2 is None else gb2.view(n, c)
+    sums, (gb1_at, gw_at, gb2_at) = _row_sums(x, n * c, 3)
+    _kernel("shift_prelu_backward", x)(n, c, x.numel() // (n * c), _p(grad), _p(x), _p(b1.detach().contiguous()),
+                                       _p(w.detach().contiguous()), _p(gx), gb1_at, gw_at,
+                                       gb2_at if out_shift else None, _threads(x))
+    gb1, gw, gb2 = sums.view(3, n, c).unbind(0)
+    return gx, gb1, gw, gb2 if out_shift else None
