@@ -9,11 +9,11 @@ its peak memory (``torch.cuda.max_memory_allocated``).
 A shape whose time ratio misses the target (1.15) gets a "bound" line: the time of the DAB's elementwise passes
 alone (forward statistics and binary input, its rebuild and backward in the fused unit), which no convolution
 shares, and of the work on the weights alone (binary weight and scale, rebuild, gradient clipping), each as a
-fraction of the float unit's time, and what is left of the difference (the bypass, fixed costs per call); where
-the float convolution is cheap per input element (few output channels, 1x1 kernels, depthwise) the DAB passes
-alone exceed the 15 % margin, and where it has few positions per weight (the 6 x 6 PSP stage) the weights' passes
-weigh as much. The header says whether the DAB ran in the
-native CPU kernels (`binary.native`) or in PyTorch ops (``BIDENSE_NATIVE_KERNELS=0``).
+fraction of the float unit's time, and what is left of the difference (the bypass, fixed costs per call); where the
+float convolution is cheap per input element (few output channels, 1x1 kernels, depthwise) the DAB passes alone
+exceed the 15 % margin, and where it has few positions per weight (the 6 x 6 PSP stage) the weights' passes weigh as
+much. The header says whether the DAB ran in the native CPU kernels (`binary.native`) or in PyTorch ops
+(``BIDENSE_NATIVE_KERNELS=0``).
 
     python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--default-allocator]
         [--device cpu|cuda] [--precision 32|bf16-mixed] [--clock wall|cpu]

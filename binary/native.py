@@ -143,6 +143,7 @@ def _row_sums(x: Tensor, rows: int, count: int) -> tuple[Tensor, list[int]]:
 
 
 def _kernel(name: str, x: Tensor):
+    """The kernel ``name`` for x's dtype."""
     return getattr(library(), f"{name}_{_SUFFIX[x.dtype]}")
 
 
