@@ -11,8 +11,8 @@ alone (forward statistics and binary input, its rebuild and backward in the fuse
 shares, and of the work on the weights alone (binary weight and scale, rebuild, gradient clipping), each as a
 fraction of the float unit's time, and what is left of the difference (the bypass, fixed costs per call); where the
 float convolution is cheap per input element (few output channels, 1x1 kernels, depthwise) the DAB passes alone
-exceed the 15 % margin, and where it has few positions per weight (the 6 x 6 PSP stage) the weights' passes weigh as
-much. The header says whether the DAB ran in the native CPU kernels (`binary.native`) or in PyTorch ops
+exceed the 15 % margin, and where it has few positions per weight (the 6 x 6 PSP stage) the weights' passes weigh in
+too. The header says whether the DAB ran in the native CPU kernels (`binary.native`) or in PyTorch ops
 (``BIDENSE_NATIVE_KERNELS=0``).
 
     python -m benchmarks.bench_layers [--reps 5] [--threads 2] [--scale 1.0] [--only TEXT] [--default-allocator]
