@@ -158,7 +158,8 @@ def main() -> None:
                     worst, where = err, key
             ok = worst <= TOLERANCE[mode]
             failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {name:28s} {mode:8s} worst {worst:.2e} ({where}; tolerance "
+            at = f"{where}; " if where else ""
+            print(f"{'ok  ' if ok else 'FAIL'} {name:28s} {mode:8s} worst {worst:.2e} ({at}tolerance "
                   f"{TOLERANCE[mode]:.0e})")
     print(f"gpu_equivalence: {failures} check(s) failed" if failures else "gpu_equivalence: all checks passed")
     sys.exit(1 if failures else 0)
