@@ -187,10 +187,10 @@ def dab_backward(grad: Tensor, x: Tensor, beta: Tensor, alpha: Tensor, sign_dot:
 
 def shift_prelu_forward(x: Tensor, b1: Tensor, w: Tensor, b2: Tensor | None) -> Tensor:
     """``prelu(x + b1, w) [+ b2]`` of ``x`` (N, C, ...) with per-channel ``b1``, ``w``, ``b2``, in a new tensor."""
+    n, c = x.shape[:2]
     y = torch.empty_like(x)
     params = [None if t is None else t.detach().contiguous() for t in (b1, w, b2)]
-    _kernel("shift_prelu_forward", x)(x.shape[0], x.shape[1], x.numel() // (x.shape[0] * x.shape[1]), _p(x),
-                                      *map(_p, params), _p(y), _threads(x))
+    _kernel("shift_prelu_forward", x)(n, c, x.numel() // (n * c), _p(x), *map(_p, params), _p(y), _threads(x))
     return y
 
 
